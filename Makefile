@@ -1,0 +1,54 @@
+# Two commands matter: `make demo` and `make test`. Both install what they need, idempotently.
+PYTHON ?= python3
+VENV := .venv
+LS_VENV := .venv-ls
+LS_VERSION := 1.23.2
+BIN := $(VENV)/bin
+UV := $(BIN)/uv
+
+.PHONY: setup labelstudio system-deps test test-unit demo serve worker lock bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-test.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(UV) || $(BIN)/python -m pip install -q --disable-pip-version-check uv
+	$(UV) pip install -q --python $(BIN)/python -r requirements.txt -r requirements-test.txt
+	touch $@
+
+# Label Studio lives in its own environment: it pins its own rq, redis and Django.
+labelstudio: $(LS_VENV)/.installed
+
+$(LS_VENV)/.installed: $(VENV)/.installed
+	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(UV) pip install -q --python $(LS_VENV)/bin/python label-studio==$(LS_VERSION)
+	touch $@
+
+# Services the tests start for themselves (a private redis-server per test run).
+system-deps:
+	@command -v redis-server >/dev/null || { apt-get update -q && apt-get install -y -q redis-server; }
+
+test: setup labelstudio system-deps
+	$(BIN)/python -m pytest
+
+test-unit: setup
+	$(BIN)/python -m pytest -m "not integration"
+
+demo: setup system-deps
+	$(BIN)/python -m ml_backend demo
+
+serve: setup
+	$(BIN)/python -m ml_backend serve
+
+worker: setup
+	$(BIN)/python -m ml_backend worker
+
+bench: setup
+	for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+lock: setup
+	$(UV) pip compile requirements.in --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes -o requirements.txt
+	$(UV) pip compile requirements-test.in --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes -o requirements-test.txt
+
+clean:
+	rm -rf $(VENV) $(LS_VENV) .pytest_cache .hypothesis
