@@ -1,0 +1,86 @@
+"""Command line: `python -m ml_backend COMMAND`. Errors end in one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pydantic import ValidationError
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from ml_backend.server import create_app
+    from ml_backend.settings import get_settings
+
+    uvicorn.run(create_app(get_settings()), host=args.host, port=args.port,
+                log_level=args.log_level.lower())
+
+
+def _worker(args: argparse.Namespace) -> None:
+    from redis import Redis
+    from rq import SimpleWorker
+
+    from ml_backend.jobs import runtime
+    from ml_backend.settings import get_settings
+
+    settings = get_settings()
+    connection = Redis.from_url(settings.redis_url)
+    connection.ping()
+    runtime().backbone  # load once, before the first job, so retrains start warm
+    worker = SimpleWorker([settings.queue_name], connection=connection)
+    worker.work(with_scheduler=True, burst=args.burst, logging_level=args.log_level)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from ml_backend.demo import run
+
+    run(host=args.host, port=args.port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ml_backend", description=__doc__)
+    parser.add_argument("--log-level", default=None, help="overrides LOG_LEVEL")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the HTTP server Label Studio connects to")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=9090)
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("worker", help="run an RQ worker that retrains models")
+    p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    p.set_defaults(func=_worker)
+
+    p = sub.add_parser("demo", help="start Redis (if needed), the server and a worker")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9090)
+    p.set_defaults(func=_demo)
+
+    args = parser.parse_args(argv)
+    try:
+        from ml_backend.settings import get_settings
+
+        settings = get_settings()
+        args.log_level = (args.log_level or settings.log_level).upper()
+        logging.basicConfig(
+            level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        args.func(args)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        print(f"error: setting {first['loc'][0]}: {first['msg']}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one line for the user; the log has the rest at DEBUG
+        logging.getLogger(__name__).debug("command failed", exc_info=True)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Everything the backend asks of Label Studio, in one place.
+
+Label Studio is the source of truth for annotations: a retrain always reads them from here, never
+from webhook payloads. Both legacy tokens and personal access tokens work, because the SDK's own
+client decides the auth header (and refreshes a personal access token's short-lived JWT).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from urllib.parse import urljoin, urlparse
+
+import httpx
+from label_studio_sdk import LabelStudio
+
+from ml_backend.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ImageFetchError(RuntimeError):
+    """An image URL is refused, unreachable or too large; the message says which."""
+
+
+class LabelStudioClient:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.url = settings.label_studio_url
+        self.sdk = LabelStudio(
+            base_url=self.url,
+            api_key=settings.label_studio_api_key.get_secret_value(),
+            timeout=60,
+        )
+        self._http = httpx.Client(timeout=settings.image_timeout, follow_redirects=False)
+        self._allowed_hosts = {urlparse(self.url).netloc.lower(), *settings.image_hosts}
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _headers(self) -> dict[str, str]:
+        return self.sdk._client_wrapper.get_headers()
+
+    # -- projects and tasks -------------------------------------------------------------
+    def label_config(self, project: int) -> str:
+        return self.sdk.projects.get(id=project).label_config or ""
+
+    def tasks(self, project: int, *, only_annotated: bool = False) -> Iterator[dict]:
+        """Every task of `project` as a plain dict with its annotations, page by page."""
+        pager = self.sdk.tasks.list(
+            project=project, fields="all", only_annotated=only_annotated or None, page_size=100
+        )
+        for task in pager:
+            yield task.model_dump() if hasattr(task, "model_dump") else dict(task)
+
+    # -- images ---------------------------------------------------------------------------
+    def resolve(self, url: str) -> str:
+        """An absolute URL for task data; refuses hosts outside the allow-list."""
+        if not isinstance(url, str) or not url:
+            raise ImageFetchError("task has no image URL")
+        absolute = urljoin(self.url + "/", url) if url.startswith("/") else url
+        parsed = urlparse(absolute)
+        if parsed.scheme not in ("http", "https"):
+            raise ImageFetchError(f"unsupported image URL scheme {parsed.scheme!r}: {url}")
+        host = parsed.netloc.lower()
+        if host not in self._allowed_hosts and parsed.hostname not in self._allowed_hosts:
+            raise ImageFetchError(
+                f"image host {parsed.hostname!r} is not allowed; add it to IMAGE_HOSTS to fetch it"
+            )
+        return absolute
+
+    def fetch_image(self, url: str) -> bytes:
+        """The bytes behind a task's image URL (uploads, local files, allowed http hosts)."""
+        absolute = self.resolve(url)
+        own = urlparse(absolute).netloc.lower() == urlparse(self.url).netloc.lower()
+        headers = self._headers() if own else {}
+        limit = self.settings.image_max_bytes
+        try:
+            with self._http.stream("GET", absolute, headers=headers) as resp:
+                if resp.status_code != 200:
+                    raise ImageFetchError(f"GET {url} answered {resp.status_code}")
+                if int(resp.headers.get("content-length") or 0) > limit:
+                    raise ImageFetchError(f"image {url} is larger than {limit} bytes")
+                chunks, size = [], 0
+                for chunk in resp.iter_bytes():
+                    size += len(chunk)
+                    if size > limit:
+                        raise ImageFetchError(f"image {url} is larger than {limit} bytes")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        except httpx.HTTPError as exc:
+            raise ImageFetchError(f"cannot fetch {url}: {exc}") from None
+

@@ -1,0 +1,69 @@
+"""Every setting of the backend, read once from the environment (or a `.env` file)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+
+class Settings(BaseSettings):
+    """Typed settings; each field is the upper-case environment variable of the same name."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", protected_namespaces=())
+
+    label_studio_url: str = Field(
+        "http://localhost:8080", description="Base URL the backend uses to reach Label Studio."
+    )
+    label_studio_api_key: SecretStr = Field(
+        SecretStr(""), description="Legacy token or personal access token of a Label Studio user."
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding the job queue.")
+    model_dir: Path = Field(Path("data/models"), description="Model versions and embeddings.")
+    queue_name: str = Field("al-backend", description="RQ queue the worker listens on.")
+    backbone: str = Field("resnet18", description="torchvision backbone name.")
+    weights: str = Field(
+        "DEFAULT",
+        description="torchvision weights name (DEFAULT, IMAGENET1K_V1, ...), a local file, or none.",
+    )
+    device: str = Field("auto", description="Torch device for embeddings: auto, cpu, cuda, ...")
+    batch_size: int = Field(32, ge=1, description="Images per forward pass.")
+    seed: int = Field(0, description="Seed for head training and sampling.")
+    image_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated extra hosts images may be fetched from (besides Label Studio).",
+    )
+    image_max_bytes: int = Field(50_000_000, ge=1, description="Largest image file fetched.")
+    image_timeout: float = Field(20.0, gt=0, description="Seconds allowed to fetch one image.")
+    retrain_lock_ttl: int = Field(
+        1800, ge=10, description="Seconds after which a dead worker's retrain lock expires."
+    )
+    retrain_lock_wait: int = Field(
+        3600, ge=1, description="Seconds a queued retrain waits for the running one to finish."
+    )
+    log_level: str = Field("INFO", description="Python logging level.")
+
+    @field_validator("image_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [h.strip().lower() for h in value.split(",") if h.strip()]
+        return value
+
+    @field_validator("label_studio_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError(f"LABEL_STUDIO_URL must be an http(s) URL, got {value!r}")
+        return value.rstrip("/")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings; tests build their own `Settings` instead."""
+    return Settings()

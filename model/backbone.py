@@ -1,0 +1,155 @@
+"""Frozen torchvision backbones that turn images into embeddings."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torchvision import models
+
+log = logging.getLogger(__name__)
+
+BACKBONES = (
+    "resnet18",
+    "resnet50",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "convnext_tiny",
+    "vit_b_16",
+)
+
+
+class WeightsUnavailable(RuntimeError):
+    """Named weights are neither cached nor downloadable; the message says where to put them."""
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _strip_classifier(net: nn.Module) -> int:
+    """Replace the last Linear layer by Identity so the net outputs its penultimate features."""
+    last_name, last = None, None
+    for name, mod in net.named_modules():
+        if isinstance(mod, nn.Linear):
+            last_name, last = name, mod
+    if last is None:
+        raise ValueError("backbone has no Linear classifier to remove")
+    parent = net
+    *path, leaf = last_name.split(".")
+    for part in path:
+        parent = getattr(parent, part)
+    setattr(parent, leaf, nn.Identity())
+    return last.in_features
+
+
+def _resolve_weights(name: str, weights: str):
+    """Return (torchvision weights enum or None, local file or None) for a WEIGHTS setting."""
+    if weights.lower() == "none":
+        return None, None
+    path = Path(weights).expanduser()
+    if path.suffix in (".pt", ".pth", ".bin", ".safetensors") or path.exists():
+        if not path.is_file():
+            raise WeightsUnavailable(f"weights file {path} does not exist")
+        return None, path
+    enum = models.get_model_weights(name)
+    key = weights.split(".")[-1]
+    try:
+        return enum[key] if key != "DEFAULT" else enum.DEFAULT, None
+    except KeyError:
+        names = ", ".join(["DEFAULT", *enum.__members__])
+        raise WeightsUnavailable(
+            f"unknown weights {weights!r} for {name}; use one of {names}, a local file, or none"
+        ) from None
+
+
+def _load_named_weights(net: nn.Module, name: str, enum) -> None:
+    filename = enum.url.rsplit("/", 1)[-1]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    try:
+        state = torch.hub.load_state_dict_from_url(enum.url, progress=False, map_location="cpu")
+    except Exception as exc:  # network errors come in many types
+        raise WeightsUnavailable(
+            f"weights {enum} for {name} are not cached and could not be downloaded ({exc}). "
+            f"Download {enum.url} and save it as {cached} (TORCH_HOME sets the folder), "
+            f"or set WEIGHTS to a local file or to none."
+        ) from None
+    net.load_state_dict(state)
+
+
+def _load_file_weights(net: nn.Module, path: Path) -> None:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise WeightsUnavailable(f"{path} holds no state dict")
+    missing, _ = net.load_state_dict(state, strict=False)
+    if missing:
+        raise WeightsUnavailable(f"{path} lacks {len(missing)} backbone tensors, e.g. {missing[:3]}")
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+@dataclass
+class Backbone:
+    """A frozen feature extractor with the preprocessing its weights define."""
+
+    name: str
+    weights: str
+    net: nn.Module
+    transform: nn.Module
+    dim: int
+    fingerprint: str
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @torch.inference_mode()
+    def embed_batch(self, images: list[Image.Image]) -> np.ndarray:
+        """Embeddings `[n, dim]` (float32) of already decoded images."""
+        if not images:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        batch = torch.stack([self.transform(img.convert("RGB")) for img in images])
+        out = self.net(batch.to(self.device, non_blocking=True))
+        return out.float().cpu().numpy()
+
+
+def load_backbone(name: str, weights: str = "DEFAULT", device: str = "auto") -> Backbone:
+    """Build backbone `name` with `weights` (a torchvision weights name, a local file, or none)."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    enum, path = _resolve_weights(name, weights)
+    # Random weights must be the same in every process (server and workers share embeddings).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = models.get_model(name, weights=None)
+    if enum is not None:
+        _load_named_weights(net, name, enum)
+        tag = f"{enum.__class__.__name__}.{enum.name}"
+    elif path is not None:
+        _load_file_weights(net, path)
+        tag = f"file-{_file_digest(path)}"
+    else:
+        log.warning("backbone %s uses random weights (WEIGHTS=none): embeddings are weak", name)
+        tag = "random-seed0"
+    dim = _strip_classifier(net)
+    dev = pick_device(device)
+    net.eval().to(dev)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    transform = (enum or models.get_model_weights(name).DEFAULT).transforms()
+    fingerprint = hashlib.sha256(f"{name}|{tag}".encode()).hexdigest()[:16]
+    return Backbone(name, weights, net, transform, dim, fingerprint, dev)

@@ -1,0 +1,118 @@
+"""Immutable, numbered model versions of a project, and which one serves.
+
+Layout under the model dir::
+
+    projects/<id>/versions/v<N>/head.pt     weights of the head
+    projects/<id>/versions/v<N>/meta.json   label map, training config, metrics, counts
+    projects/<id>/serving                   name of the serving version
+
+A version is written into a temporary folder and renamed into place, and the serving pointer is
+replaced atomically, so a crash never leaves a half-written version that gets served.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from model.head import Head
+
+UNTRAINED = "untrained"
+_NAME = re.compile(r"^v(\d+)$")
+
+
+@dataclass
+class ModelVersion:
+    name: str
+    head: Head
+    meta: dict
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+
+class VersionStore:
+    def __init__(self, model_dir: Path, project: int):
+        self.project = project
+        self.root = Path(model_dir) / "projects" / str(project)
+        self.versions_dir = self.root / "versions"
+
+    def names(self) -> list[str]:
+        """Version names, oldest first."""
+        if not self.versions_dir.is_dir():
+            return []
+        found = [(int(m.group(1)), p.name) for p in self.versions_dir.iterdir()
+                 if (m := _NAME.match(p.name)) and (p / "meta.json").is_file()]
+        return [name for _, name in sorted(found)]
+
+    def serving(self) -> str | None:
+        try:
+            name = (self.root / "serving").read_text().strip()
+        except FileNotFoundError:
+            return None
+        return name if (self.versions_dir / name / "meta.json").is_file() else None
+
+    def meta(self, name: str) -> dict:
+        return json.loads((self.versions_dir / name / "meta.json").read_text())
+
+    def load(self, name: str) -> ModelVersion:
+        meta = self.meta(name)
+        head = Head(**meta["head_config"])
+        state = torch.load(self.versions_dir / name / "head.pt", map_location="cpu", weights_only=True)
+        head.load_state_dict(state)
+        head.eval()
+        return ModelVersion(name, head, meta)
+
+    def save(self, head: Head, meta: dict) -> str:
+        """Write a new version atomically and return its name (never overwrites one)."""
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+        try:
+            torch.save(head.state_dict(), tmp / "head.pt")
+            while True:
+                names = self.names()
+                number = int(names[-1][1:]) + 1 if names else 1
+                name = f"v{number}"
+                full = {**meta, "version": name, "head_config": head.config,
+                        "created_at": time.time()}
+                (tmp / "meta.json").write_text(json.dumps(full, indent=2))
+                try:
+                    os.rename(tmp, self.versions_dir / name)  # fails if the name was taken
+                    return name
+                except OSError:
+                    if not (self.versions_dir / name).exists():
+                        raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def promote(self, name: str) -> None:
+        if not (self.versions_dir / name / "meta.json").is_file():
+            raise KeyError(f"project {self.project} has no version {name!r}")
+        tmp = self.root / f".serving-{os.getpid()}"
+        tmp.write_text(name)
+        os.replace(tmp, self.root / "serving")
+
+    def update_meta(self, name: str, **fields: object) -> None:
+        """Record a decision about a version (its weights stay immutable)."""
+        path = self.versions_dir / name / "meta.json"
+        meta = json.loads(path.read_text()) | fields
+        tmp = path.with_suffix(f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, path)
+
+
+def projects(model_dir: Path) -> list[int]:
+    """Projects that have a folder under the model dir."""
+    root = Path(model_dir) / "projects"
+    if not root.is_dir():
+        return []
+    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit())
