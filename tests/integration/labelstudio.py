@@ -1,0 +1,183 @@
+"""Start a real Label Studio 1.23 (from its own venv) and talk to its REST API."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .procs import REPO_ROOT, ManagedProcess, free_port, health_is_up, wait_until
+
+LS_BIN = REPO_ROOT / ".venv-ls" / "bin" / "label-studio"
+ADMIN_EMAIL = "admin@example.com"
+ADMIN_PASSWORD = "integration-tests-pw-123"
+# Legacy token (any string > 5 chars is accepted; 40 hex chars like LS's own tokens).
+ADMIN_TOKEN = "0123456789abcdef0123456789abcdef01234567"
+FIRST_START_TIMEOUT = 300.0  # migrations: 45-100 s on 2 cores
+RESTART_TIMEOUT = 90.0
+
+
+def require_label_studio() -> Path:
+    if not os.access(LS_BIN, os.X_OK):
+        raise RuntimeError(
+            f"Label Studio is not installed at {LS_BIN}: run `make labelstudio` "
+            "(integration tests need a real Label Studio 1.23.2 in .venv-ls)"
+        )
+    return LS_BIN
+
+
+def ls_env(data_dir: Path, images_root: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "DJANGO_"))}
+    env.pop("VIRTUAL_ENV", None)
+    env.update(
+        LABEL_STUDIO_BASE_DATA_DIR=str(data_dir),
+        LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
+        LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(images_root),
+        LABEL_STUDIO_COLLECT_ANALYTICS="false",
+        LABEL_STUDIO_LATEST_VERSION_CHECK="false",
+        LABEL_STUDIO_ML_BLOCK_LOCAL_IP="false",
+        LABEL_STUDIO_SSRF_PROTECTION_ENABLED="false",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def start_label_studio(
+    data_dir: Path, images_root: Path, log_path: Path, timeout: float, attempts: int = 3
+) -> tuple[ManagedProcess, str]:
+    """Start LS on a fresh free port; return (process, base url) once /health is UP on that port.
+
+    LS silently moves to the next port when the chosen one is busy, so a start whose log reports
+    that (or whose health answer cannot be tied to our port) is stopped and retried.
+    """
+    ls_bin = require_label_studio()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    last_error = ""
+    for _ in range(attempts):
+        port = free_port()
+        argv = [
+            str(ls_bin), "start", "--no-browser",
+            "--internal-host", "127.0.0.1", "-p", str(port),
+            "--username", ADMIN_EMAIL, "--password", ADMIN_PASSWORD,
+            "--user-token", ADMIN_TOKEN, "--enable-legacy-api-token",
+        ]  # fmt: skip
+        proc = ManagedProcess("label-studio", argv, log_path, env=ls_env(data_dir, images_root),
+                              cwd=data_dir)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_until(lambda: health_is_up(url), timeout, 0.5, f"{url}/health == UP", proc)
+            # Tie the answer to our process: runserver logs the address it bound.
+            wait_until(
+                lambda: f"127.0.0.1:{port}/" in proc.tail(400) or "is in use" in proc.tail(400),
+                10, 0.2, "runserver banner", proc,
+            )  # fmt: skip
+            if "is in use" in proc.tail(400):
+                raise RuntimeError(f"port {port} was taken; Label Studio moved elsewhere")
+            return proc, url
+        except (RuntimeError, TimeoutError) as exc:
+            last_error = str(exc)
+            proc.stop()
+            if "port" not in last_error or "was taken" not in last_error:
+                break
+    raise RuntimeError(f"Label Studio did not start:\n{last_error}")
+
+
+class LSApiError(AssertionError):
+    pass
+
+
+class LSApi:
+    """Thin httpx wrapper over LS's REST API with the admin's legacy token; errors show bodies."""
+
+    def __init__(self, url: str, token: str = ADMIN_TOKEN, timeout: float = 120.0):
+        self.url = url
+        self.http = httpx.Client(
+            base_url=url, headers={"Authorization": f"Token {token}"}, timeout=timeout
+        )
+
+    def request(self, method: str, path: str, expect: tuple[int, ...] = (200, 201, 204), **kw):
+        r = self.http.request(method, path, **kw)
+        if r.status_code not in expect:
+            raise LSApiError(f"{method} {path} -> {r.status_code}: {r.text[:2000]}")
+        if r.status_code == 204 or not r.content:
+            return None
+        ctype = r.headers.get("content-type", "")
+        return r.json() if "json" in ctype else r
+
+    def get(self, path: str, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, **kw):
+        return self.request("POST", path, **kw)
+
+    def patch(self, path: str, **kw):
+        return self.request("PATCH", path, **kw)
+
+    def delete(self, path: str, **kw):
+        return self.request("DELETE", path, **kw)
+
+    def close(self) -> None:
+        self.http.close()
+
+    # --- project-level conveniences -------------------------------------------------------
+
+    def list_tasks(self, project_id: int) -> list[dict[str, Any]]:
+        tasks: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            r = self.http.get(
+                "/api/tasks/", params={"project": project_id, "page": page, "page_size": 100}
+            )
+            if r.status_code == 404:  # past the last page
+                break
+            if r.status_code != 200:
+                raise LSApiError(f"GET /api/tasks/ -> {r.status_code}: {r.text[:2000]}")
+            body = r.json()
+            batch = body["tasks"] if isinstance(body, dict) else body
+            tasks.extend(batch)
+            total = body.get("total") if isinstance(body, dict) else None
+            if not batch or (total is not None and len(tasks) >= total):
+                break
+            page += 1
+        return tasks
+
+    def annotate(self, task_id: int, choice: str | None, *, was_cancelled: bool = False) -> dict:
+        """Submit (or skip) an annotation as the admin: LS fires the webhook inside this call."""
+        result = [] if choice is None else [choice_result(choice)]
+        body: dict[str, Any] = {"result": result}
+        if was_cancelled:
+            body["was_cancelled"] = True
+        return self.post(f"/api/tasks/{task_id}/annotations/", json=body)
+
+    def predictions(self, task_id: int) -> list[dict[str, Any]]:
+        return self.get("/api/predictions/", params={"task": task_id})
+
+
+def choice_result(choice: str, from_name: str = "label", to_name: str = "image") -> dict:
+    return {
+        "from_name": from_name,
+        "to_name": to_name,
+        "type": "choices",
+        "value": {"choices": [choice]},
+    }
+
+
+@dataclass
+class LabelStudioServer:
+    """A running Label Studio: what tests get from the `label_studio` fixture."""
+
+    url: str
+    token: str
+    images_root: Path
+    data_dir: Path
+    log_path: Path
+    process: ManagedProcess
+    api: LSApi
+    client: Any  # label_studio_sdk.LabelStudio
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def log_tail(self, lines: int = 80) -> str:
+        return self.process.tail(lines)
