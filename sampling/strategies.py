@@ -1,0 +1,370 @@
+"""Strategies: compose acquisitions and geometry into an order for annotators.
+
+Every strategy returns *every* unlabelled index exactly once. Batch-aware strategies
+choose the first ``k`` jointly and then order the rest by a cheap continuation, noted on
+each strategy below, because Label Studio needs a score for every task.
+
+Scores are in ``[0, 1]`` and non-decreasing along the order (lower = served sooner).
+Uncertainty strategies report the confidence itself (max probability, margin,
+``1 - normalised entropy``, ``1 - normalised mutual information``). The batch strategies
+report the position scaled to ``[0, 1]`` (``i / (m - 1)``), since their order is not a
+per-item number. Ties break by lower index.
+
+The ``auto`` rule
+-----------------
+Cold start, i.e. no model probabilities yet, or fewer than
+``AUTO_COLD_START_LABELS_PER_CLASS * c`` labels (c = number of classes):
+
+* ``typiclust`` when embeddings are given;
+* ``kcenter`` instead when ``labels + k`` exceeds ``TYPICLUST_MAX_CLUSTERS``: TypiClust
+  caps its clustering there, so past it there are no uncovered clusters left to prefer,
+  while farthest-first keeps covering the space around the labelled set at any size;
+* ``random`` without embeddings (a barely trained model's uncertainty is no better).
+
+Afterwards: ``cluster_margin`` when embeddings are given and ``k >= AUTO_LARGE_BATCH``,
+otherwise ``margin``.
+
+Evidence. Hacohen, Dekel & Weinshall (ICML 2022, "Active learning on a budget: opposite
+strategies suit high and low budgets") show a phase transition: with few labels, querying
+*typical* examples (TypiClust) beats uncertainty- and coverage-based methods, starting
+from one label per class (10 on CIFAR-10), while with large budgets the order reverses
+and uncertainty sampling wins. The crossover depends on the dataset (their follow-up
+SelectAL, Hacohen & Weinshall 2023, estimates it per problem), so the per-class threshold
+here is a judgement call inside the range where TypiClust was ahead, kept as a named
+constant. Margin is the uncertainty measure because it is cheap and a strong baseline in
+large comparisons; Citovsky et al. (NeurIPS 2021, "Batch active learning at scale") show
+that plain margin picks redundant examples when batches grow and that round-robin over
+clusters of low-margin candidates (Cluster-Margin) fixes this, from CIFAR-sized batches
+up to 100K-1M batches on Open Images. ``AUTO_LARGE_BATCH`` is where we start to care
+about within-batch redundancy; it is also a judgement call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from sampling import acquisition, clusters, coreset
+
+STRATEGIES: tuple[str, ...] = (
+    "auto",
+    "random",
+    "least_confidence",
+    "margin",
+    "entropy",
+    "bald",
+    "kcenter",
+    "typiclust",
+    "kmeans",
+    "badge",
+    "cluster_margin",
+)
+
+AUTO_COLD_START_LABELS_PER_CLASS = 5
+AUTO_LARGE_BATCH = 100
+TYPICLUST_MAX_CLUSTERS = 500  # as in TypiClust's reference implementation
+TYPICLUST_MIN_CLUSTER_SIZE = 5  # clusters this small are outliers there; here served last
+CLUSTER_MARGIN_CANDIDATES_PER_PICK = 10  # lowest-margin candidate set = 10 x batch size
+PROB_SUM_TOLERANCE = 1e-2
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Order in which to serve unlabelled items.
+
+    ``indices``: every unlabelled index (int64), first = serve first. ``scores``: float64
+    in ``[0, 1]``, non-decreasing. ``strategy``: the concrete strategy that ran (what
+    ``auto`` resolved to).
+    """
+
+    indices: np.ndarray
+    scores: np.ndarray
+    strategy: str
+
+
+@dataclass(frozen=True)
+class _Pool:
+    labeled: np.ndarray  # bool [n]
+    unlabeled: np.ndarray  # int64 [m], ascending
+    probs: np.ndarray | None  # [n, c] or [n, c, T]
+    embeddings: np.ndarray | None  # [n, d], C-contiguous float32/float64
+
+    @property
+    def mean_probs(self) -> np.ndarray:
+        return acquisition.mean_probs(self.probs)
+
+
+Strategy = Callable[[_Pool, int, int | None], tuple[np.ndarray, np.ndarray | None]]
+
+
+# --- uncertainty: sort by a confidence score -------------------------------------------
+
+
+def _by_confidence(score: Callable[[np.ndarray], np.ndarray], stochastic: bool = False) -> Strategy:
+    def run(pool: _Pool, k: int, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
+        s = score(pool.probs if stochastic else pool.mean_probs)[pool.unlabeled]
+        order = np.argsort(s, kind="stable")
+        return pool.unlabeled[order], s[order]
+
+    return run
+
+
+def _random(pool: _Pool, k: int, seed: int | None) -> tuple[np.ndarray, None]:
+    return np.random.default_rng(seed).permutation(pool.unlabeled), None
+
+
+# --- geometry: batch strategies --------------------------------------------------------
+
+
+def _rest_by_distance(pool: _Pool, picks: np.ndarray, mind: np.ndarray) -> np.ndarray:
+    """Picks first, then the remaining unlabelled points farthest-from-the-picks first."""
+    rest = np.zeros(len(pool.labeled), dtype=bool)
+    rest[pool.unlabeled] = True
+    rest[picks] = False
+    rest = np.flatnonzero(rest)
+    rest = rest[np.argsort(-mind[rest], kind="stable")]
+    return np.concatenate([picks, rest])
+
+
+def _kcenter(pool: _Pool, k: int, seed: int | None) -> tuple[np.ndarray, None]:
+    """Farthest-first from the labelled set (or a seeded random start without labels).
+
+    Remainder: by distance to the nearest labelled point or pick, farthest first, i.e.
+    the order the next farthest-first steps would start from, without their cost.
+    """
+    start = None
+    if not pool.labeled.any():
+        start = int(np.random.default_rng(seed).choice(pool.unlabeled))
+    picks, mind = coreset.farthest_first(pool.embeddings, k, pool.labeled, start)
+    return _rest_by_distance(pool, picks, mind), None
+
+
+def _badge(pool: _Pool, k: int, seed: int | None) -> tuple[np.ndarray, None]:
+    """BADGE (Ash et al. 2020): k-means++ seeding on ``(onehot(argmax p) - p) (x) embedding``.
+
+    That vector is the last-layer gradient of the loss under the model's own guess, so
+    its norm tracks uncertainty and its direction tracks what the example would teach.
+    Remainder: by squared gradient-space distance to the nearest pick, largest first.
+    """
+    x = pool.embeddings
+    p = pool.mean_probs
+    a = p.astype(x.dtype, copy=True)
+    np.negative(a, out=a)
+    a[np.arange(len(a)), p.argmax(axis=1)] += 1
+    picks, mind = coreset.kmeanspp_outer(a, x, k, pool.labeled, np.random.default_rng(seed))
+    return _rest_by_distance(pool, picks, mind), None
+
+
+def _rank_clusters(*keys: np.ndarray) -> np.ndarray:
+    """Rank of each cluster when sorted by ``keys`` (most significant first), then by id."""
+    n_clusters = len(keys[0])
+    order = np.lexsort((np.arange(n_clusters), *reversed(keys)))
+    rank = np.empty(n_clusters, dtype=np.int64)
+    rank[order] = np.arange(n_clusters)
+    return rank
+
+
+def _typiclust(pool: _Pool, k: int, seed: int | None) -> tuple[np.ndarray, None]:
+    """TypiClust (Hacohen et al. 2022) for the low-budget regime.
+
+    Cluster every point into ``min(labels + k, 500)`` k-means clusters; visit clusters
+    with the fewest labelled points first (then the largest), taking the most typical
+    unlabelled member (smallest mean distance to its K nearest neighbours in the
+    cluster). The reference drops clusters of <= 5 points as outliers; here they come
+    after all other points so they still get an order. Remainder: the same round-robin
+    continued (second most typical of each cluster, and so on); typicality is computed
+    once per cluster instead of again after every pick.
+    """
+    x, u = pool.embeddings, pool.unlabeled
+    n_clusters = min(int(pool.labeled.sum()) + k, TYPICLUST_MAX_CLUSTERS, len(x))
+    labels, _ = clusters.kmeans(x, n_clusters, seed)
+    size = np.bincount(labels, minlength=n_clusters)
+    labelled_count = np.bincount(labels[pool.labeled], minlength=n_clusters)
+
+    cu = labels[u]
+    mean_dist = np.empty(len(u))
+    by_cluster = np.argsort(cu, kind="stable")
+    bounds = np.flatnonzero(np.diff(cu[by_cluster])) + 1
+    for members in np.split(by_cluster, bounds):
+        mean_dist[members] = clusters.mean_knn_distance(x[u[members]])
+
+    rank = _rank_clusters(labelled_count, -size)
+    tier = (size <= TYPICLUST_MIN_CLUSTER_SIZE).astype(np.int64)
+    return u[clusters.round_robin(cu, mean_dist, rank[cu], tier[cu])], None
+
+
+def _kmeans(pool: _Pool, k: int, seed: int | None) -> tuple[np.ndarray, None]:
+    """Representatives: cluster the unlabelled pool into ``k``; take each centroid's nearest.
+
+    Picks come largest cluster first. Remainder: round-robin continued, each cluster's
+    points by distance to its centroid (so the order keeps spreading over clusters).
+    """
+    u = pool.unlabeled
+    xu = pool.embeddings[u]
+    labels, centres = clusters.kmeans(xu, k, seed)
+    dist = clusters.distance_to_centre(xu, centres, labels)
+    rank = _rank_clusters(-np.bincount(labels, minlength=k))
+    return u[clusters.round_robin(labels, dist, rank[labels])], None
+
+
+def _cluster_margin(pool: _Pool, k: int, seed: int | None) -> tuple[np.ndarray, None]:
+    """Cluster-Margin (Citovsky et al. 2021) for large batches.
+
+    Take the ``10 k`` lowest-margin unlabelled points, cluster their embeddings with
+    k-means into ``k`` clusters (the paper uses average-linkage HAC over the whole pool,
+    which is quadratic in memory), and round-robin over clusters, smallest first, lowest
+    margin first within a cluster. Remainder: the round-robin continued over the
+    candidates, then every other point by margin.
+    """
+    u = pool.unlabeled
+    s = acquisition.margin(pool.mean_probs)[u]
+    by_margin = np.argsort(s, kind="stable")
+    cand = by_margin[: min(len(u), CLUSTER_MARGIN_CANDIDATES_PER_PICK * k)]
+    n_clusters = min(k, len(cand))
+    labels, _ = clusters.kmeans(pool.embeddings[u[cand]], n_clusters, seed)
+    rank = _rank_clusters(np.bincount(labels, minlength=n_clusters))
+    rr = clusters.round_robin(labels, s[cand], rank[labels])
+    return u[np.concatenate([cand[rr], by_margin[len(cand) :]])], None
+
+
+# --- registry, auto rule, entry point --------------------------------------------------
+
+_REGISTRY: dict[str, tuple[Strategy, tuple[str, ...]]] = {
+    "random": (_random, ()),
+    "least_confidence": (_by_confidence(acquisition.least_confidence), ("probs",)),
+    "margin": (_by_confidence(acquisition.margin), ("probs",)),
+    "entropy": (_by_confidence(acquisition.entropy), ("probs",)),
+    "bald": (_by_confidence(acquisition.bald, stochastic=True), ("stochastic probs",)),
+    "kcenter": (_kcenter, ("embeddings",)),
+    "typiclust": (_typiclust, ("embeddings",)),
+    "kmeans": (_kmeans, ("embeddings",)),
+    "badge": (_badge, ("probs", "embeddings")),
+    "cluster_margin": (_cluster_margin, ("probs", "embeddings")),
+}
+assert set(_REGISTRY) == set(STRATEGIES) - {"auto"}
+
+
+def resolve_auto(n_labeled: int, k: int, probs: np.ndarray | None, has_embeddings: bool) -> str:
+    """The concrete strategy ``auto`` runs; the rule and its evidence are in the module doc."""
+    cold = probs is None or n_labeled < AUTO_COLD_START_LABELS_PER_CLASS * probs.shape[1]
+    if cold:
+        if not has_embeddings:
+            return "random"
+        return "kcenter" if n_labeled + k > TYPICLUST_MAX_CLUSTERS else "typiclust"
+    return "cluster_margin" if has_embeddings and k >= AUTO_LARGE_BATCH else "margin"
+
+
+def _as_float_array(name: str, a: object, ndims: tuple[int, ...]) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype not in (np.float32, np.float64):
+        if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+            raise ValueError(f"{name} must be numeric, got dtype {a.dtype}")
+        a = a.astype(np.float64)
+    if a.ndim not in ndims:
+        shapes = " or ".join({2: "[n, c]", 3: "[n, c, T]"}.get(d, "[n, d]") for d in ndims)
+        raise ValueError(f"{name} must have shape {shapes}, got {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+def _check_inputs(labeled: object, probs: object, embeddings: object) -> _Pool:
+    p = e = None
+    sizes: dict[str, int] = {}
+    if probs is not None:
+        p = _as_float_array("probs", probs, (2, 3))
+        if p.shape[1] == 0:
+            raise ValueError("probs must have at least one class column")
+        sums = p.sum(axis=1)  # NaN/inf make the sum non-finite, so this checks those too
+        if not np.all(np.abs(sums - 1) <= PROB_SUM_TOLERANCE):
+            raise ValueError("probs must be probabilities: finite, each row summing to 1")
+        sizes["probs"] = p.shape[0]
+    if embeddings is not None:
+        e = _as_float_array("embeddings", embeddings, (2,))
+        if not np.all(np.isfinite(e.sum(axis=1))):
+            raise ValueError("embeddings must be finite")
+        sizes["embeddings"] = e.shape[0]
+    if labeled is not None:
+        lab = np.asarray(labeled)
+        if lab.dtype != bool or lab.ndim != 1:
+            raise ValueError(f"labeled must be a 1-D boolean mask, got {lab.dtype} {lab.shape}")
+        sizes["labeled"] = lab.shape[0]
+    elif sizes:
+        lab = np.zeros(next(iter(sizes.values())), dtype=bool)
+    else:
+        raise ValueError("pass labeled, probs or embeddings so the pool size is known")
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"inputs disagree on the pool size n: {sizes}")
+    return _Pool(lab, np.flatnonzero(~lab).astype(np.int64), p, e)
+
+
+def _check_needs(name: str, needs: tuple[str, ...], pool: _Pool) -> None:
+    for need in needs:
+        if need == "embeddings" and pool.embeddings is None:
+            raise ValueError(f"strategy {name!r} needs embeddings")
+        if need == "probs" and pool.probs is None:
+            raise ValueError(f"strategy {name!r} needs probs")
+        if need == "stochastic probs" and (
+            pool.probs is None or pool.probs.ndim != 3 or pool.probs.shape[2] < 2
+        ):
+            got = "none" if pool.probs is None else list(pool.probs.shape)
+            raise ValueError(
+                f"strategy {name!r} needs probs of shape [n, c, T] from T >= 2 stochastic "
+                f"passes (got {got})"
+            )
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
+def rank(
+    strategy: str = "auto",
+    *,
+    k: int,
+    labeled: np.ndarray | None = None,
+    probs: np.ndarray | None = None,
+    embeddings: np.ndarray | None = None,
+    seed: int | None = 0,
+) -> Ranking:
+    """Order every unlabelled item of the pool for annotation.
+
+    Args:
+        strategy: one of ``STRATEGIES``; ``"auto"`` picks one (see module docstring).
+        k: batch size; batch-aware strategies choose the first ``k`` jointly (clamped
+            to the pool).
+        labeled: boolean mask ``[n]``, True where a label exists; ``None`` = nothing labelled.
+        probs: class probabilities ``[n, c]``, or ``[n, c, T]`` for T stochastic passes
+            (averaged over T for all strategies but ``bald``).
+        embeddings: features ``[n, d]``; float32 is used as-is (no copy).
+        seed: makes random starts, sampling and k-means reproducible.
+
+    Raises:
+        ValueError: unknown strategy, bad ``k``, malformed inputs, or an input the
+            strategy needs is missing.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    pool = _check_inputs(labeled, probs, embeddings)
+    m = len(pool.unlabeled)
+    k = int(min(k, max(m, 1)))
+    name = strategy
+    if strategy == "auto":
+        name = resolve_auto(
+            int(pool.labeled.sum()), k, pool.probs, pool.embeddings is not None
+        )
+    run, needs = _REGISTRY[name]
+    _check_needs(name, needs, pool)
+    if m == 0:
+        return Ranking(_readonly(np.empty(0, np.int64)), _readonly(np.empty(0)), name)
+    order, scores = run(pool, k, seed)
+    if scores is None:
+        scores = np.arange(m) / (m - 1) if m > 1 else np.zeros(1)
+    return Ranking(
+        _readonly(np.asarray(order, dtype=np.int64)),
+        _readonly(np.asarray(scores, dtype=np.float64)),
+        name,
+    )
