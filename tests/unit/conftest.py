@@ -1,0 +1,25 @@
+import pytest
+
+from ml_backend.runtime import Runtime
+from ml_backend.settings import Settings
+from tests.unit.fakes import FakeLabelStudio
+
+
+@pytest.fixture
+def settings(tmp_path, redis_url) -> Settings:
+    return Settings(
+        model_dir=tmp_path / "models", backbone="mobilenet_v3_small", weights="none",
+        redis_url=redis_url, label_studio_url="http://ls.test:8080", batch_size=8,
+    )
+
+
+@pytest.fixture
+def fake_ls() -> FakeLabelStudio:
+    return FakeLabelStudio()
+
+
+@pytest.fixture
+def runtime(settings, fake_ls) -> Runtime:
+    rt = Runtime(settings)
+    rt.__dict__["labelstudio"] = fake_ls  # replaces the cached_property
+    return rt
