@@ -140,8 +140,8 @@ def kmeanspp_outer(
         ta *= tx
         ta *= -2
         ta += sq
-        ta += sq[j] - floor
-        np.maximum(ta, 0, out=ta)
+        ta += sq[j]
+        ta[ta < floor] = 0  # snap, not shift: the values are sampling weights here
         np.minimum(mind, ta, out=mind)
         free[j] = False
         mind[j] = 0  # excluded points start at 0 and t >= 0, so they stay at 0
