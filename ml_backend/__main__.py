@@ -8,6 +8,8 @@ import sys
 
 from pydantic import ValidationError
 
+from ml_backend.seeding import COLD_START_METHODS, seed
+
 
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
@@ -34,6 +36,19 @@ def _worker(args: argparse.Namespace) -> None:
     worker.work(with_scheduler=True, burst=args.burst, logging_level=args.log_level)
 
 
+def _seed(args: argparse.Namespace) -> None:
+    from ml_backend.jobs import runtime
+
+    out = seed(runtime(), args.project, args.size, args.method, dry_run=args.dry_run)
+    verb = "Would queue" if args.dry_run else "Queued"
+    print(f"{verb} {len(out['chosen'])} tasks first in project {args.project} "
+          f"(method {out['method']}, version {out['version']}, {out['labelled']} labelled):")
+    for rank, (task, url) in enumerate(zip(out["chosen"], out["urls"]), 1):
+        print(f"{rank:4d}. task {task}  {url}")
+    if out["image_errors"]:
+        print(f"{len(out['image_errors'])} images could not be loaded; they are served last.")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from ml_backend.demo import run
 
@@ -53,6 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("worker", help="run an RQ worker that retrains models")
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     p.set_defaults(func=_worker)
+
+    p = sub.add_parser("seed", help="choose the first tasks to label in a new project")
+    p.add_argument("--project", type=int, required=True)
+    p.add_argument("--size", type=int, required=True, help="how many tasks to queue first")
+    p.add_argument("--method", default="auto", choices=COLD_START_METHODS)
+    p.add_argument("--dry-run", action="store_true", help="print the choice, change nothing")
+    p.set_defaults(func=_seed)
 
     p = sub.add_parser("demo", help="start Redis (if needed), the server and a worker")
     p.add_argument("--host", default="127.0.0.1")

@@ -20,22 +20,25 @@ from redis import Redis
 from redis.exceptions import LockError
 from rq import Queue, Retry, get_current_job
 
+from ml_backend import priorities
 from ml_backend.label_config import parse_label_config
 from ml_backend.pool import build_pool
 from ml_backend.runtime import Runtime
 from ml_backend.settings import Settings, get_settings
 from model.training import fit, holdout_mask
+from model.versions import UNTRAINED
 
 log = logging.getLogger(__name__)
 
 HISTORY_LENGTH = 50
 
 
-def pending_key(project: int) -> str:
-    return f"al:retrain-pending:{project}"
+def pending_key(project: int, kind: str = "retrain") -> str:
+    return f"al:{kind}-pending:{project}"
 
 
 def lock_key(project: int) -> str:
+    """One lock per project: retrains and queue updates never overlap."""
     return f"al:retrain-lock:{project}"
 
 
@@ -43,22 +46,35 @@ def history_key(project: int) -> str:
     return f"al:history:{project}"
 
 
-def enqueue_retrain(redis: Redis, settings: Settings, project: int, reason: str) -> dict:
-    """Queue a retrain of `project` unless one is already waiting to start."""
-    if not redis.set(pending_key(project), reason, nx=True, ex=settings.retrain_lock_wait):
-        return {"status": "coalesced", "project": project}
-    queue = Queue(settings.queue_name, connection=redis)
-    job = queue.enqueue(
-        retrain,
+def annotations_key(project: int) -> str:
+    return f"al:new-annotations:{project}"
+
+
+def enqueue(redis: Redis, settings: Settings, kind: str, project: int, reason: str) -> dict:
+    """Queue job `kind` ("retrain" or "prioritize") for `project` unless one is waiting already."""
+    if not redis.set(pending_key(project, kind), reason, nx=True, ex=settings.retrain_lock_wait):
+        return {"status": "coalesced", "job": kind, "project": project}
+    job = Queue(settings.queue_name, connection=redis).enqueue(
+        JOBS[kind],
         project,
         reason,
-        job_id=f"retrain-{project}-{uuid.uuid4().hex[:8]}",
+        job_id=f"{kind}-{project}-{uuid.uuid4().hex[:8]}",
         job_timeout=settings.retrain_lock_ttl,
         retry=Retry(max=3, interval=[10, 30, 60]),
         result_ttl=3600,
         failure_ttl=7 * 86400,
     )
-    return {"status": "queued", "project": project, "job_id": job.id}
+    return {"status": "queued", "job": kind, "project": project, "job_id": job.id}
+
+
+def enqueue_retrain(redis: Redis, settings: Settings, project: int, reason: str) -> dict:
+    """Retrain after every `RETRAIN_EVERY` annotation events; START_TRAINING always retrains."""
+    if reason != "START_TRAINING" and settings.retrain_every > 1:
+        count = redis.incr(annotations_key(project))
+        if count % settings.retrain_every:
+            return {"status": "counted", "job": "retrain", "project": project,
+                    "until_retrain": settings.retrain_every - count % settings.retrain_every}
+    return enqueue(redis, settings, "retrain", project, reason)
 
 
 def job_history(redis: Redis, project: int) -> list[dict]:
@@ -78,22 +94,22 @@ def runtime() -> Runtime:
     return Runtime(get_settings())
 
 
-def retrain(project: int, reason: str = "") -> dict:
-    """RQ job: read the project's labels from Label Studio, train, and store a new version."""
+def _run_locked(kind: str, project: int, reason: str, work) -> dict:
+    """Run `work(runtime, project)` under the project's lock and record it in the job history."""
     job = get_current_job()
     redis: Redis = job.connection
     rt = runtime()
-    redis.delete(pending_key(project))
+    redis.delete(pending_key(project, kind))  # from now on a new event queues a follow-up
     lock = redis.lock(
         lock_key(project), timeout=rt.settings.retrain_lock_ttl,
         blocking_timeout=rt.settings.retrain_lock_wait,
     )
     if not lock.acquire():
-        raise RuntimeError(f"project {project}: another retrain held the lock too long")
+        raise RuntimeError(f"project {project}: another job held the lock too long")
     started = time.time()
-    entry = {"job_id": job.id, "kind": "retrain", "reason": reason, "started_at": started}
+    entry = {"job_id": job.id, "kind": kind, "reason": reason, "started_at": started}
     try:
-        result = _retrain(rt, project)
+        result = work(rt, project)
         entry |= {"status": "finished", **result}
         return result
     except Exception as exc:
@@ -104,14 +120,27 @@ def retrain(project: int, reason: str = "") -> dict:
         _record(redis, project, entry)
         try:
             lock.release()
-        except LockError:  # it expired; another retrain may already hold it
-            log.warning("project %s: retrain lock expired before the job ended", project)
+        except LockError:  # it expired; another job may already hold it
+            log.warning("project %s: lock expired before the %s job ended", project, kind)
+
+
+def retrain(project: int, reason: str = "") -> dict:
+    """RQ job: read the project's labels from Label Studio, train, store a version, reorder."""
+    return _run_locked("retrain", project, reason, _retrain)
+
+
+def prioritize(project: int, reason: str = "") -> dict:
+    """RQ job: give tasks that have no prediction of the serving version a priority."""
+    return _run_locked("prioritize", project, reason, _prioritize)
+
+
+JOBS = {"retrain": retrain, "prioritize": prioritize}
 
 
 def _retrain(rt: Runtime, project: int) -> dict:
     ls = rt.labelstudio
     config = parse_label_config(ls.label_config(project))
-    pool = build_pool(ls.tasks(project, only_annotated=True), config)
+    pool = build_pool(ls.tasks(project), config)
     if not pool.labels:
         log.info("project %s: no usable labels yet (%s)", project, dict(pool.skipped))
         return {"version": None, "n_labels": 0, "skipped": dict(pool.skipped)}
@@ -135,6 +164,43 @@ def _retrain(rt: Runtime, project: int) -> dict:
     }
     versions = rt.versions(project)
     name = versions.save(head, meta)
+    # Predictions first, then the pointer /setup reads, then the switch: Label Studio never
+    # asks /predict for a version whose priorities are not in place yet.
+    queue = _push_order(rt, project, pool, config, versions.load(name))
     versions.promote(name)
+    queue |= priorities.switch(rt, project, name)
     log.info("project %s: trained %s on %d labels, serving it", project, name, len(tasks))
-    return {"version": name, "n_labels": len(tasks), "metrics": meta["metrics"]}
+    return {"version": name, "n_labels": len(tasks), "metrics": meta["metrics"], "queue": queue}
+
+
+def _push_order(rt: Runtime, project: int, pool, config, model, *, replace: bool = False,
+                strategy: str | None = None, k: int | None = None) -> dict:
+    start = time.perf_counter()
+    plan = priorities.plan_order(
+        rt, project, pool, config, model, strategy=strategy or rt.settings.strategy,
+        k=k or rt.settings.queue_batch,
+    )
+    pushed = priorities.push(rt, project, plan, replace=replace)
+    return {"pushed": pushed, "strategy": plan.strategy, "image_errors": len(plan.errors),
+            "order_seconds": round(time.perf_counter() - start, 3)}
+
+
+def _prioritize(rt: Runtime, project: int) -> dict:
+    """New tasks get a priority under the serving version, so they are not starved."""
+    ls = rt.labelstudio
+    config = parse_label_config(ls.label_config(project))
+    tasks = list(ls.tasks(project))
+    model = rt.serving_model(project)
+    version = model.name if model else UNTRAINED
+    pool = build_pool(tasks, config)
+    have = {int(t["id"]) for t in tasks
+            if any(p.get("model_version") == version for p in t.get("predictions") or [])}
+    missing = [t for t in pool.unlabeled if t not in have]
+    if not missing or (model is None and not have):
+        return {"pushed": 0, "version": version}  # nothing new, or no order to join yet
+    plan = priorities.plan_order(rt, project, pool, config, model,
+                                 strategy=rt.settings.strategy, k=rt.settings.queue_batch)
+    wanted = set(missing)
+    plan.predictions = [p for p in plan.predictions if p["task"] in wanted]
+    pushed = priorities.push(rt, project, plan)
+    return {"pushed": pushed, "version": version, "strategy": plan.strategy}

@@ -53,6 +53,41 @@ class LabelStudioClient:
         for task in pager:
             yield task.model_dump() if hasattr(task, "model_dump") else dict(task)
 
+    # -- the queue: predictions, sampling, model versions ---------------------------------
+    def import_predictions(self, project: int, predictions: list[dict], chunk: int = 1000) -> int:
+        """Create predictions in bulk (Label Studio accepts about 1000 per request quickly)."""
+        for start in range(0, len(predictions), chunk):
+            self.sdk.projects.import_predictions(id=project, request=predictions[start : start + chunk])
+        return len(predictions)
+
+    def serve_by_priority(self, project: int, version: str) -> None:
+        """Make "Label All Tasks" serve the lowest-score prediction of `version` first."""
+        self.sdk.projects.update(id=project, sampling="Uncertainty sampling", model_version=version)
+
+    def model_versions(self, project: int) -> dict[str, int]:
+        """Prediction versions in the project and how many predictions each has."""
+        resp = self._request("GET", f"/api/projects/{project}/model-versions/")
+        data = resp.json()
+        if isinstance(data, list):  # older servers answer a plain list of names
+            return {str(v): 0 for v in data}
+        return {str(k): int(v or 0) for k, v in data.items()}
+
+    def delete_model_version(self, project: int, version: str) -> None:
+        self._request("DELETE", f"/api/projects/{project}/model-versions/", json={"model_version": version})
+
+    def ml_backends(self, project: int) -> list[dict]:
+        return [b.model_dump() for b in self.sdk.ml.list(project=project)]
+
+    def retitle_backend(self, backend: dict, title: str) -> None:
+        """Label Studio answers 500 unless a PATCH of an ML backend also carries url and project."""
+        self.sdk.ml.update(id=backend["id"], url=backend["url"], project=backend["project"], title=title)
+
+    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        resp = self._http.request(method, self.url + path, headers=self._headers(), timeout=60, **kwargs)
+        if resp.status_code >= 400:
+            raise RuntimeError(f"{method} {path} answered {resp.status_code}: {resp.text[:200]}")
+        return resp
+
     # -- images ---------------------------------------------------------------------------
     def resolve(self, url: str) -> str:
         """An absolute URL for task data; refuses hosts outside the allow-list."""

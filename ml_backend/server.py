@@ -160,7 +160,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     @app.post("/webhook")
     def webhook(event: WebhookEvent) -> JSONResponse:
         requests.labels("webhook").inc()
-        if event.action not in RETRAIN_EVENTS:
+        if event.action not in RETRAIN_EVENTS and event.action != "TASKS_CREATED":
             enqueued.labels("ignored").inc()
             return JSONResponse({"status": "ignored", "action": event.action})
         source = event.project
@@ -170,7 +170,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             source = event.annotation.get("project")
         project = project_id(source)
         try:
-            outcome = jobs.enqueue_retrain(redis(), settings, project, event.action)
+            if event.action == "TASKS_CREATED":
+                outcome = jobs.enqueue(redis(), settings, "prioritize", project, event.action)
+            else:
+                outcome = jobs.enqueue_retrain(redis(), settings, project, event.action)
         except RedisError as exc:
             enqueued.labels("redis_down").inc()
             log.error("webhook %s for project %s not queued: %s", event.action, project, exc)

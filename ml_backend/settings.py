@@ -45,6 +45,18 @@ class Settings(BaseSettings):
     retrain_lock_wait: int = Field(
         3600, ge=1, description="Seconds a queued retrain waits for the running one to finish."
     )
+    strategy: str = Field("auto", description="Sampling strategy that orders the queue.")
+    queue_batch: int = Field(
+        20, ge=1, description="Tasks a batch-aware strategy chooses jointly at the queue's head."
+    )
+    retrain_every: int = Field(
+        1, ge=1, description="Retrain after this many new annotations (START_TRAINING always does)."
+    )
+    keep_versions: int = Field(3, ge=1, description="Prediction versions kept in Label Studio.")
+    backend_url: str = Field(
+        "", description="URL Label Studio uses to reach this backend (finds it among ML backends)."
+    )
+    mc_passes: int = Field(10, ge=2, description="Stochastic passes for the bald strategy.")
     log_level: str = Field("INFO", description="Python logging level.")
 
     @field_validator("image_hosts", mode="before")

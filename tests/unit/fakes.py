@@ -16,6 +16,14 @@ class FakeLabelStudio:
         self.images: dict[str, bytes] = {}
         self.task_list: list[dict] = []
         self.fetches = 0
+        self.predictions: list[dict] = []
+        self.project: dict = {"sampling": "Sequential sampling", "model_version": ""}
+        self.backends: list[dict] = [
+            {"id": 1, "url": "http://backend:9090", "project": 1, "title": "untrained",
+             "model_version": "untrained"},
+            {"id": 2, "url": "http://other:9090", "project": 1, "title": "someone else's",
+             "model_version": "x"},
+        ]
         tid = 0
         for label in ("red", "green", "blue"):
             for i in range(n_per_class):
@@ -38,10 +46,45 @@ class FakeLabelStudio:
         return self.config
 
     def tasks(self, project: int, *, only_annotated: bool = False):
-        return [t for t in self.task_list if t["annotations"] or not only_annotated]
+        for t in self.task_list:
+            if t["annotations"] or not only_annotated:
+                yield t | {"predictions": [p for p in self.predictions if p["task"] == t["id"]]}
 
     def fetch_image(self, url: str) -> bytes:
         self.fetches += 1
         if url not in self.images:
             raise RuntimeError(f"GET {url} answered 404")
         return self.images[url]
+
+    def import_predictions(self, project: int, predictions: list[dict], chunk: int = 1000) -> int:
+        self.predictions += [dict(p) for p in predictions]
+        return len(predictions)
+
+    def serve_by_priority(self, project: int, version: str) -> None:
+        if version not in self.model_versions(project):
+            raise RuntimeError("400: model version has no predictions")
+        self.project = {"sampling": "Uncertainty sampling", "model_version": version}
+
+    def model_versions(self, project: int) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for p in self.predictions:
+            counts[p["model_version"]] = counts.get(p["model_version"], 0) + 1
+        return counts
+
+    def delete_model_version(self, project: int, version: str) -> None:
+        self.predictions = [p for p in self.predictions if p["model_version"] != version]
+
+    def ml_backends(self, project: int) -> list[dict]:
+        return [dict(b) for b in self.backends]
+
+    def retitle_backend(self, backend: dict, title: str) -> None:
+        for b in self.backends:
+            if b["id"] == backend["id"]:
+                b["title"] = b["model_version"] = title
+
+    def queue(self, version: str) -> list[int]:
+        """Unlabelled tasks in the order Label Studio's uncertainty sampling would serve them."""
+        labelled = {t["id"] for t in self.task_list if t["annotations"]}
+        preds = [p for p in self.predictions
+                 if p["model_version"] == version and p["task"] not in labelled]
+        return [p["task"] for p in sorted(preds, key=lambda p: p["score"])]

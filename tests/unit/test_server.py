@@ -109,8 +109,14 @@ def test_annotation_webhooks_enqueue_and_coalesce(client, settings):
         "status"] == "queued"
 
 
+def test_new_tasks_queue_a_prioritize_job(client):
+    res = client.post("/webhook", json={"action": "TASKS_CREATED", "project": {"id": 1},
+                                        "tasks": [{"id": 99}]})
+    assert res.json()["status"] == "queued" and res.json()["job"] == "prioritize"
+
+
 def test_other_events_are_ignored_and_missing_project_is_a_4xx(client):
-    for action in ("PROJECT_UPDATED", "TASKS_CREATED", "SOMETHING_NEW"):
+    for action in ("PROJECT_UPDATED", "TASKS_DELETED", "SOMETHING_NEW"):
         res = client.post("/webhook", json={"action": action, "project": {"id": 1}})
         assert res.status_code == 200 and res.json()["status"] == "ignored"
     assert client.post("/webhook", json={"action": "ANNOTATION_CREATED"}).status_code == 422

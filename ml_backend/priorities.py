@@ -1,0 +1,134 @@
+"""Label Studio's queue follows our order: one prediction per unlabelled task, score = priority.
+
+Label Studio's "Uncertainty sampling" serves the unlabelled task whose prediction of the project's
+`model_version` has the lowest score, respecting task locks (so two annotators never get the same
+task). After every retrain we push, under the new version, one prediction per unlabelled task: its
+`result` is the pre-annotation and its `score` the priority from `sampling.rank`. Then the project
+is switched to that version, the connected backend's title is kept equal to it (otherwise Label
+Studio treats every score as NULL), and old prediction versions are deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from ml_backend.label_config import LabelConfig
+from ml_backend.pool import Pool
+from ml_backend.runtime import Runtime
+from model.head import predict_proba
+from model.versions import UNTRAINED, ModelVersion
+from sampling import rank
+
+log = logging.getLogger(__name__)
+
+# Tasks whose image cannot be loaded still get a prediction (or they would be served before
+# nothing else is left), with the highest score so they come last.
+UNLOADABLE_SCORE = 1.0
+STOCHASTIC_STRATEGIES = {"bald"}
+
+
+@dataclass
+class Plan:
+    """The order computed for a project's unlabelled tasks."""
+
+    version: str
+    strategy: str
+    predictions: list[dict]  # Label Studio prediction payloads, served first to last
+    errors: dict[int, str]
+
+    @property
+    def tasks(self) -> list[int]:
+        return [p["task"] for p in self.predictions]
+
+
+def plan_order(
+    rt: Runtime,
+    project: int,
+    pool: Pool,
+    config: LabelConfig,
+    model: ModelVersion | None,
+    *,
+    strategy: str,
+    k: int,
+    progress: bool = False,
+) -> Plan:
+    """Embed the pool, score it with `model` (None before any model) and order the unlabelled."""
+    vectors, errors = rt.embed(project, pool.urls, progress=progress)
+    ids = [t for t in pool.urls if t in vectors]
+    version = model.name if model else UNTRAINED
+    predictions: list[dict] = []
+    resolved = strategy
+    if ids:
+        emb = np.stack([vectors[t] for t in ids])
+        labeled = np.array([t in pool.labels for t in ids])
+        probs = None
+        if model is not None:
+            passes = rt.settings.mc_passes if strategy in STOCHASTIC_STRATEGIES else 1
+            probs = predict_proba(model.head, emb, passes=passes, seed=rt.settings.seed)
+        if (~labeled).any():
+            ranking = rank(strategy, k=min(k, int((~labeled).sum())), labeled=labeled,
+                           probs=probs, embeddings=emb, seed=rt.settings.seed)
+            resolved = ranking.strategy
+            mean = probs.mean(axis=2) if probs is not None and probs.ndim == 3 else probs
+            allowed = [i for i, c in enumerate(model.classes) if c in config.classes] if model else []
+            for idx, score in zip(ranking.indices.tolist(), ranking.scores.tolist()):
+                result = []
+                if allowed:
+                    best = max(allowed, key=lambda i: mean[idx, i])
+                    result = config.result(model.classes[best])
+                predictions.append({"task": ids[idx], "result": result,
+                                    "score": float(score), "model_version": version})
+    for task in pool.unlabeled:
+        if task not in vectors:
+            predictions.append({"task": task, "result": [], "score": UNLOADABLE_SCORE,
+                                "model_version": version})
+    return Plan(version, resolved, predictions, errors)
+
+
+def push(rt: Runtime, project: int, plan: Plan, *, replace: bool = False) -> int:
+    """Store the plan's predictions in Label Studio (not yet the order annotators follow).
+
+    `replace` first deletes the predictions already stored under the plan's version (seeding
+    again); a retrain always pushes under a new version instead.
+    """
+    ls = rt.labelstudio
+    if replace and plan.version in ls.model_versions(project):
+        ls.delete_model_version(project, plan.version)
+    return ls.import_predictions(project, plan.predictions)
+
+
+def switch(rt: Runtime, project: int, version: str) -> dict:
+    """Make the label stream follow `version`'s scores; idempotent, re-asserted every round."""
+    rt.labelstudio.serve_by_priority(project, version)
+    return {"retitled_backends": sync_backend_titles(rt, project, version),
+            "deleted_versions": prune_versions(rt, project, version)}
+
+
+def sync_backend_titles(rt: Runtime, project: int, version: str) -> int:
+    """Keep the title of our connected backend equal to the version `/setup` reports."""
+    ours = {UNTRAINED, *rt.versions(project).names()}
+    url = rt.settings.backend_url.rstrip("/") if rt.settings.backend_url else None
+    changed = 0
+    for backend in rt.labelstudio.ml_backends(project):
+        mine = (backend.get("url") or "").rstrip("/") == url if url else (
+            backend.get("title") in ours or backend.get("model_version") in ours
+        )
+        if mine and backend.get("title") != version:
+            rt.labelstudio.retitle_backend(backend, version)
+            changed += 1
+    return changed
+
+
+def prune_versions(rt: Runtime, project: int, current: str) -> list[str]:
+    """Delete prediction versions of ours beyond the newest `KEEP_VERSIONS`."""
+    keep = rt.settings.keep_versions
+    ours = [v for v in rt.labelstudio.model_versions(project) if v != current and (
+        v == UNTRAINED or (v[:1] == "v" and v[1:].isdigit()))]
+    ours.sort(key=lambda v: -1 if v == UNTRAINED else int(v[1:]))
+    stale = ours[: max(0, len(ours) - (keep - 1))]
+    for version in stale:
+        rt.labelstudio.delete_model_version(project, version)
+    return stale

@@ -1,0 +1,99 @@
+"""The queue Label Studio serves follows the pushed priorities (against a fake Label Studio)."""
+
+import pytest
+from redis import Redis
+
+from ml_backend import jobs
+from ml_backend.seeding import seed
+
+
+def unlabelled(fake_ls):
+    return {t["id"] for t in fake_ls.task_list if not t["annotations"]}
+
+
+def test_a_retrain_gives_every_unlabelled_task_a_prediction_of_the_new_version(runtime, fake_ls):
+    result = jobs._retrain(runtime, 1)
+    assert result["queue"]["pushed"] == len(unlabelled(fake_ls)) == 6
+    preds = [p for p in fake_ls.predictions if p["model_version"] == "v1"]
+    assert {p["task"] for p in preds} == unlabelled(fake_ls)
+    assert all(0 <= p["score"] <= 1 and p["result"] for p in preds)
+    assert fake_ls.project == {"sampling": "Uncertainty sampling", "model_version": "v1"}
+    # Our backend's title follows the version; another backend is left alone.
+    assert [b["title"] for b in fake_ls.backends] == ["v1", "someone else's"]
+
+
+def test_each_retrain_reorders_under_a_new_version_and_prunes_old_ones(runtime, fake_ls):
+    runtime.settings.keep_versions = 2
+    for _ in range(3):
+        jobs._retrain(runtime, 1)
+    assert set(fake_ls.model_versions(1)) == {"v2", "v3"}
+    assert fake_ls.project["model_version"] == "v3"
+
+
+def test_labelling_removes_a_task_from_the_next_order(runtime, fake_ls):
+    jobs._retrain(runtime, 1)
+    first = fake_ls.queue("v1")[0]
+    task = next(t for t in fake_ls.task_list if t["id"] == first)
+    task["annotations"] = [fake_ls.annotation(task["truth"], first)]
+    jobs._retrain(runtime, 1)
+    assert first not in fake_ls.queue("v2")
+    assert len(fake_ls.queue("v2")) == 5
+
+
+def test_a_task_with_a_broken_image_is_served_last(runtime, fake_ls):
+    broken = next(t for t in fake_ls.task_list if not t["annotations"])
+    fake_ls.images[broken["data"]["image"]] = b"broken"
+    jobs._retrain(runtime, 1)
+    assert fake_ls.queue("v1")[-1] == broken["id"]
+
+
+def test_seed_queues_the_chosen_subset_first_without_pre_annotations(runtime, fake_ls):
+    for t in fake_ls.task_list:
+        t["annotations"] = []
+    out = seed(runtime, 1, 3, "kcenter", progress=False)
+    assert len(out["chosen"]) == 3 and out["version"] == "untrained"
+    assert fake_ls.queue("untrained")[:3] == out["chosen"]
+    assert all(p["result"] == [] for p in fake_ls.predictions)
+    assert fake_ls.project["model_version"] == "untrained"
+    again = seed(runtime, 1, 3, "kcenter", progress=False)
+    assert again["chosen"] == out["chosen"]
+    assert len(fake_ls.predictions) == len(fake_ls.task_list)  # replaced, not duplicated
+
+
+def test_seed_dry_run_changes_nothing_and_covers_the_classes(runtime, fake_ls):
+    for t in fake_ls.task_list:
+        t["annotations"] = []
+    out = seed(runtime, 1, 3, "auto", dry_run=True, progress=False)
+    assert fake_ls.predictions == [] and fake_ls.project["sampling"] == "Sequential sampling"
+    truth = {t["id"]: t["truth"] for t in fake_ls.task_list}
+    assert {truth[t] for t in out["chosen"]} == {"red", "green", "blue"}
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda ls: setattr(ls, "config", "<View><Text name='t' value='$t'/></View>"), "Image"),
+    (lambda ls: setattr(ls, "task_list", []), "no tasks"),
+])
+def test_seed_errors_are_one_line(runtime, fake_ls, change, message):
+    change(fake_ls)
+    with pytest.raises(ValueError, match=message):
+        seed(runtime, 1, 3, progress=False)
+
+
+def test_new_tasks_get_a_priority_under_the_serving_version(runtime, fake_ls):
+    jobs._retrain(runtime, 1)
+    new = {"id": 99, "data": {"image": fake_ls.task_list[0]["data"]["image"]},
+           "annotations": [], "truth": "red"}
+    fake_ls.task_list.append(new)
+    result = jobs._prioritize(runtime, 1)
+    assert result == {"pushed": 1, "version": "v1", "strategy": result["strategy"]}
+    assert 99 in fake_ls.queue("v1")
+    assert jobs._prioritize(runtime, 1)["pushed"] == 0  # idempotent
+
+
+def test_retrain_every_n_annotations(settings):
+    redis = Redis.from_url(settings.redis_url)
+    settings.retrain_every = 3
+    got = [jobs.enqueue_retrain(redis, settings, 1, "ANNOTATION_CREATED")["status"]
+           for _ in range(3)]
+    assert got == ["counted", "counted", "queued"]
+    assert jobs.enqueue_retrain(redis, settings, 2, "START_TRAINING")["status"] == "queued"
