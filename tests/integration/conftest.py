@@ -2,8 +2,10 @@
 
 Session: `redis_server` (private redis-server), `colour_images` (PNG dataset),
 `label_studio_template` (a migrated LS data dir, built once per run).
-Per test: `redis_url` (a clean DB of that server), `label_studio` (LS started from a copy of
-the template), `ls_project` (a project with the images imported), `backend` (server + worker).
+Per test module: `redis_url` (a clean DB of that server), `label_studio` (LS started from a copy
+of the template, ~5 s), `backend` (server + RQ worker). Per test: `ls_project` (a new project with
+the images imported). Tests of one module share LS and the backend but never a project; the
+backend keeps everything per project (model versions, Redis keys).
 """
 
 from __future__ import annotations
@@ -64,9 +66,9 @@ def redis_server(tmp_path_factory) -> Iterator[str]:
 _db_numbers = itertools.cycle(range(1, REDIS_DATABASES))
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def redis_url(redis_server) -> Iterator[str]:
-    """`redis://127.0.0.1:N/<db>`: a database of the private server, flushed, for this test only."""
+    """`redis://127.0.0.1:N/<db>`: a database of the private server, flushed, for this module."""
     url = f"{redis_server}/{next(_db_numbers)}"
     client = redis.Redis.from_url(url)
     client.flushdb()
@@ -102,16 +104,21 @@ def label_studio_template(tmp_path_factory, colour_images) -> Path:
     return data_dir
 
 
-@pytest.fixture
-def label_studio(tmp_path, label_studio_template, colour_images) -> Iterator[LabelStudioServer]:
+@pytest.fixture(scope="module")
+def label_studio(
+    tmp_path_factory, label_studio_template, colour_images
+) -> Iterator[LabelStudioServer]:
     """A fresh Label Studio started from a copy of the template (about 5 s)."""
     from label_studio_sdk import LabelStudio
 
     images_root, _ = colour_images
+    tmp_path = tmp_path_factory.mktemp("ls")
     data_dir = tmp_path / "ls-data"
     subprocess.run(["cp", "-r", str(label_studio_template), str(data_dir)], check=True)
     log_path = tmp_path / "label-studio.log"
+    t0 = time.monotonic()
     proc, url = start_label_studio(data_dir, images_root, log_path, RESTART_TIMEOUT)
+    print(f"Label Studio started from the template in {time.monotonic() - t0:.1f}s at {url}")
     api = LSApi(url, ADMIN_TOKEN)
     server = LabelStudioServer(
         url=url,
@@ -139,12 +146,13 @@ def ls_project(label_studio, colour_images):
 # --- Backend ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def backend(label_studio, redis_url, tmp_path) -> Iterator[Backend]:
-    """The backend's server and RQ worker, pointed at this test's LS and Redis DB."""
-    workdir = tmp_path / "backend"
-    workdir.mkdir()
+@pytest.fixture(scope="module")
+def backend(label_studio, redis_url, tmp_path_factory) -> Iterator[Backend]:
+    """The backend's server and RQ worker, pointed at this module's LS and Redis DB."""
+    workdir = tmp_path_factory.mktemp("backend")
+    t0 = time.monotonic()
     b = start_backend(label_studio.url, label_studio.token, redis_url, workdir)
+    print(f"backend server and worker up in {time.monotonic() - t0:.1f}s at {b.url}")
     yield b
     print(b.logs(80))
     b.stop()
