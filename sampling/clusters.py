@@ -18,6 +18,12 @@ from sklearn.neighbors import NearestNeighbors
 # MiniBatchKMeans (batches of 5000) above; Lloyd iterations cost O(n * clusters * d).
 FULL_KMEANS_MAX_CLUSTERS = 50
 MINIBATCH_SIZE = 5000
+KMEANS_MAX_ITER = 100
+# Centroids are fitted on a seeded sample of at most this many points (at least 50 per
+# cluster), then every point is assigned: on 100k+ pools the fit is the whole cost, and
+# 50 points per centroid place it well (faiss's k-means samples 256 per centroid).
+KMEANS_FIT_SAMPLE = 20_000
+KMEANS_FIT_PER_CLUSTER = 50
 TYPICALITY_NEIGHBOURS = 20  # K in TypiClust's typicality (Hacohen et al. 2022).
 _KNN_WORKING_MEMORY_MB = 64
 
@@ -29,14 +35,21 @@ def kmeans(x: np.ndarray, n_clusters: int, seed: int | None) -> tuple[np.ndarray
     for every caller (they only visit clusters that have members), so the warning is muted.
     """
     if n_clusters <= FULL_KMEANS_MAX_CLUSTERS:
-        model = KMeans(n_clusters=n_clusters, n_init=1, random_state=seed)
+        model = KMeans(n_clusters, n_init=1, max_iter=KMEANS_MAX_ITER, random_state=seed)
     else:
         model = MiniBatchKMeans(
-            n_clusters=n_clusters, batch_size=MINIBATCH_SIZE, n_init=1, random_state=seed
+            n_clusters, batch_size=MINIBATCH_SIZE, n_init=1, max_iter=KMEANS_MAX_ITER,
+            random_state=seed,
         )
+    n_fit = max(KMEANS_FIT_SAMPLE, KMEANS_FIT_PER_CLUSTER * n_clusters)
+    sample = x
+    if len(x) > n_fit:
+        rows = np.random.default_rng(seed).choice(len(x), n_fit, replace=False)
+        sample = x[np.sort(rows)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        labels = model.fit_predict(x)
+        model.fit(sample)
+    labels = model.predict(x)
     return labels.astype(np.int64), model.cluster_centers_
 
 

@@ -1,8 +1,8 @@
 """Greedy coverage selection: farthest-first traversal and BADGE's k-means++ seeding.
 
 Both keep one running vector ``mind[i]`` = squared distance from point ``i`` to its
-nearest chosen centre, so a pick costs one matrix-vector product plus a few passes over
-an ``n``-vector, and extra memory stays linear in ``n`` (no ``n x k`` distance matrix).
+nearest chosen centre, so a pick costs one matrix-vector product (two for BADGE) plus a
+few passes over an ``n``-vector, and extra memory stays linear in ``n`` (no ``n x k`` distance matrix).
 Squared distances come from ``|x|^2 + |c|^2 - 2 x.c`` with the norms computed once.
 
 Points that are labelled or already chosen hold ``-inf`` (farthest-first) or ``0``
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
-# Squared distances below this fraction of the largest squared norm are float noise
-# (the cancellation error of |x|^2 + |c|^2 - 2 x.c is ~ d * eps * |x|^2). Snapping them
-# to 0 makes duplicates exact ties, so ties break by lowest index as promised.
-_NOISE = 64 * np.finfo(np.float32).eps
+# Squared distances below 64 eps x the largest squared norm are float noise (the
+# cancellation error of |x|^2 + |c|^2 - 2 x.c grows like sqrt(d) eps |x|^2). Treating them
+# as 0 makes duplicates exact ties, so ties break by lowest index as promised.
+_NOISE_EPS = 64
 _BLOCK_BYTES = 64 << 20  # temporaries of the labelled-set initialisation stay below this.
 
 
@@ -25,7 +25,7 @@ def _sq_norms(x: np.ndarray) -> np.ndarray:
 
 
 def _noise_floor(sq: np.ndarray) -> float:
-    return float(_NOISE * sq.max()) if sq.size else 0.0
+    return float(_NOISE_EPS * np.finfo(sq.dtype).eps * sq.max()) if sq.size else 0.0
 
 
 def _min_sqdist_to(
@@ -64,7 +64,8 @@ def farthest_first(
 
     Returns:
         ``(picks, mind)``: the picks in order, and every point's squared distance to its
-        nearest centre afterwards (``-inf`` for labelled and picked points).
+        nearest centre afterwards, less the float-noise floor and clamped at 0 (only the
+        order matters here); ``-inf`` for labelled and picked points.
     """
     n = x.shape[0]
     sq = _sq_norms(x)

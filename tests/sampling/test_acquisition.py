@@ -69,12 +69,15 @@ def test_single_class_means_no_uncertainty():
     np.testing.assert_allclose(bald(np.ones((3, 1, 2))), 1.0)
 
 
-@pytest.mark.parametrize("c", [2, 7, 300])
+@pytest.mark.parametrize("c", [2, 7, 64, 65, 300])
 def test_margin_matches_a_full_sort(c):
     rng = np.random.default_rng(c)
     p = rng.dirichlet(np.ones(c), size=5000).astype(np.float32)
     s = np.sort(p, axis=1)
     np.testing.assert_allclose(margin(p), s[:, -1] - s[:, -2], atol=1e-7)
+    rows = np.arange(0, len(p), 7)
+    p[rows, (p[rows].argmax(axis=1) + 1) % c] = p[rows].max(axis=1)  # tie for the top class
+    assert np.all(margin(p)[rows] == 0)
 
 
 def test_labelled_items_are_never_served():
