@@ -70,13 +70,13 @@ CLUSTER_MARGIN_CANDIDATES_PER_PICK = 10  # lowest-margin candidate set = 10 x ba
 PROB_SUM_TOLERANCE = 1e-2
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq on arrays would be ambiguous; compare fields
 class Ranking:
     """Order in which to serve unlabelled items.
 
     ``indices``: every unlabelled index (int64), first = serve first. ``scores``: float64
     in ``[0, 1]``, non-decreasing. ``strategy``: the concrete strategy that ran (what
-    ``auto`` resolved to).
+    ``auto`` resolved to). The arrays are read-only.
     """
 
     indices: np.ndarray
@@ -171,8 +171,9 @@ def _typiclust(pool: _Pool, k: int, seed: int | None) -> tuple[np.ndarray, None]
 
     Cluster every point into ``min(labels + k, 500)`` k-means clusters; visit clusters
     with the fewest labelled points first (then the largest), taking the most typical
-    unlabelled member (smallest mean distance to its K nearest neighbours in the
-    cluster). The reference drops clusters of <= 5 points as outliers; here they come
+    unlabelled member (smallest mean Euclidean distance to its K = 20 nearest
+    neighbours in the cluster, the paper's definition; the reference code averages
+    squared distances). The reference drops clusters of <= 5 points as outliers; here they come
     after all other points so they still get an order. Remainder: the same round-robin
     continued (second most typical of each cluster, and so on); typicality is computed
     once per cluster instead of again after every pick.

@@ -124,3 +124,17 @@ def test_random_depends_on_the_seed_only():
     a = rank("random", k=5, labeled=labeled, seed=1)
     assert np.array_equal(a.indices, rank("random", k=5, labeled=labeled, seed=1).indices)
     assert not np.array_equal(a.indices, rank("random", k=5, labeled=labeled, seed=2).indices)
+
+
+def test_kmeans_fitted_on_a_sample_still_finds_every_blob(monkeypatch):
+    from sampling import clusters
+
+    monkeypatch.setattr(clusters, "KMEANS_FIT_SAMPLE", 40)
+    monkeypatch.setattr(clusters, "KMEANS_FIT_PER_CLUSTER", 10)
+    rng = np.random.default_rng(4)
+    centres = np.array([[0, 0], [30, 0], [0, 30], [30, 30]])
+    x = np.vstack([blob(c, 100, 1.0, rng) for c in centres])  # blob i = rows 100 i ..
+    r = rank("kmeans", k=4, embeddings=x, seed=0)
+    assert sorted(r.indices[:4] // 100) == [0, 1, 2, 3]
+    r = rank("typiclust", k=4, embeddings=x, seed=0)
+    assert sorted(r.indices[:4] // 100) == [0, 1, 2, 3]
