@@ -24,9 +24,16 @@ $(LS_VENV)/.installed: $(VENV)/.installed
 	$(UV) pip install -q --python $(LS_VENV)/bin/python label-studio==$(LS_VERSION)
 	touch $@
 
-# Services the tests start for themselves (a private redis-server per test run).
+# Debian packages the tests use: a private redis-server per run, headless Chromium for the pages.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
-	@command -v redis-server >/dev/null || { apt-get update -q && apt-get install -y -q redis-server; }
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing"; \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
 
 test: setup labelstudio system-deps
 	$(BIN)/python -m pytest

@@ -101,10 +101,16 @@ def push(rt: Runtime, project: int, plan: Plan, *, replace: bool = False) -> int
 
 
 def switch(rt: Runtime, project: int, version: str) -> dict:
-    """Make the label stream follow `version`'s scores; idempotent, re-asserted every round."""
-    rt.labelstudio.serve_by_priority(project, version)
+    """Make the label stream follow `version`'s scores; idempotent, re-asserted every round.
+
+    Label Studio refuses a model version without predictions (all tasks labelled, say): then
+    only the backend's title is kept in step.
+    """
+    stored = rt.labelstudio.model_versions(project)
+    if version in stored:
+        rt.labelstudio.serve_by_priority(project, version)
     return {"retitled_backends": sync_backend_titles(rt, project, version),
-            "deleted_versions": prune_versions(rt, project, version)}
+            "deleted_versions": prune_versions(rt, project, version, stored)}
 
 
 def sync_backend_titles(rt: Runtime, project: int, version: str) -> int:
@@ -122,10 +128,10 @@ def sync_backend_titles(rt: Runtime, project: int, version: str) -> int:
     return changed
 
 
-def prune_versions(rt: Runtime, project: int, current: str) -> list[str]:
+def prune_versions(rt: Runtime, project: int, current: str, stored: dict[str, int]) -> list[str]:
     """Delete prediction versions of ours beyond the newest `KEEP_VERSIONS`."""
     keep = rt.settings.keep_versions
-    ours = [v for v in rt.labelstudio.model_versions(project) if v != current and (
+    ours = [v for v in stored if v != current and (
         v == UNTRAINED or (v[:1] == "v" and v[1:].isdigit()))]
     ours.sort(key=lambda v: -1 if v == UNTRAINED else int(v[1:]))
     stale = ours[: max(0, len(ours) - (keep - 1))]

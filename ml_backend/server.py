@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import html
 import logging
 import time
 from typing import Any
@@ -21,7 +20,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
 
-from ml_backend import jobs
+from ml_backend import jobs, status_page
 from ml_backend.label_config import UnsupportedConfig, parse_label_config
 from ml_backend.runtime import Runtime
 from ml_backend.settings import Settings
@@ -194,8 +193,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         names = [name for p in ids for name in rt.versions(p).names()]
         return {"versions": names or [UNTRAINED], "model_version": names[-1] if names else UNTRAINED}
 
-    @app.get("/status/{project}")
-    def status(project: int) -> dict:
+    def project_status(project: int) -> dict:
         store = rt.versions(project)
         serving = store.serving()
         versions = []
@@ -206,17 +204,17 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
                 "serving": name == serving,
                 "n_labels": meta.get("n_labels"),
                 "metrics": meta.get("metrics"),
+                "promotion": meta.get("promotion"),
                 "created_at": meta.get("created_at"),
                 "train_seconds": meta.get("train_seconds"),
                 "skipped": meta.get("skipped"),
             })
         try:
             conn = redis()
-            queue = Queue(settings.queue_name, connection=conn)
             queue_state = {
                 "retrain_pending": bool(conn.exists(jobs.pending_key(project))),
-                "retrain_running": bool(conn.exists(jobs.lock_key(project))),
-                "queued_jobs": queue.count,
+                "running": bool(conn.exists(jobs.lock_key(project))),
+                "queued_jobs": Queue(settings.queue_name, connection=conn).count,
             }
             history = jobs.job_history(conn, project)
         except RedisError as exc:
@@ -230,19 +228,17 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             "jobs": history,
         }
 
+    @app.get("/status/{project}")
+    def status(project: int) -> dict:
+        return project_status(project)
+
+    @app.get("/status/{project}/curve.png")
+    def curve(project: int) -> Response:
+        png = status_page.learning_curve_png(project_status(project)["versions"])
+        return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
-        rows = "".join(
-            f"<tr><td><a href='/status/{p}'>{p}</a></td>"
-            f"<td>{html.escape(rt.serving_version(p))}</td>"
-            f"<td>{len(rt.versions(p).names())}</td></tr>"
-            for p in projects(settings.model_dir)
-        )
-        return (
-            "<!doctype html><html><head><title>Active-learning backend</title></head><body>"
-            "<h1>Active-learning backend for Label Studio</h1>"
-            "<table><tr><th>Project</th><th>Serving version</th><th>Versions</th></tr>"
-            f"{rows}</table></body></html>"
-        )
+        return status_page.render([project_status(p) for p in projects(settings.model_dir)])
 
     return app

@@ -1,0 +1,83 @@
+import io
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from ml_backend import jobs
+from ml_backend.server import create_app
+
+CURVE_BLUE = np.array([0x1F, 0x77, 0xB4])
+
+
+def blue_pixels(png: bytes) -> int:
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    return int((np.abs(pixels - CURVE_BLUE).sum(axis=2) < 40).sum())
+
+
+@pytest.fixture
+def trained_app(settings, runtime, fake_ls):
+    # Three versions with growing label counts make a curve.
+    for n in (6, 12, 18):
+        for t in fake_ls.task_list:
+            t["annotations"] = [fake_ls.annotation(t["truth"], t["id"])] if t["id"] <= n else []
+        jobs._retrain(runtime, 1)
+    return create_app(settings, runtime)
+
+
+def test_status_lists_versions_with_metrics_and_the_curve_is_drawn(trained_app):
+    client = TestClient(trained_app)
+    status = client.get("/status/1").json()
+    assert [v["n_labels"] for v in status["versions"]] == [6, 12, 18]
+    assert status["serving_version"] == "v3"
+    res = client.get("/status/1/curve.png")
+    assert res.headers["content-type"] == "image/png"
+    assert blue_pixels(res.content) > 50  # the line is there
+    page = client.get("/").text
+    assert "v3 (serving)" in page and "/status/1/curve.png" in page
+
+
+def test_a_failed_job_shows_its_error_escaped(settings, runtime, trained_app):
+    from redis import Redis
+
+    jobs._record(Redis.from_url(settings.redis_url), 1, {
+        "kind": "retrain", "status": "failed", "reason": "START_TRAINING",
+        "error": "RuntimeError: <script>alert(1)</script>", "started_at": time.time()})
+    page = TestClient(trained_app).get("/").text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert" not in page
+
+
+def test_the_page_renders_in_headless_chromium(trained_app, tmp_path):
+    if shutil.which("chromium") is None:
+        pytest.fail("chromium is not installed: run `make system-deps`", pytrace=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(trained_app, host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        shot = tmp_path / "page.png"
+        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,900"]
+        url = f"http://127.0.0.1:{port}/"
+        dom = subprocess.run(["chromium", *flags, "--dump-dom", url], capture_output=True,
+                             text=True, timeout=120).stdout
+        assert "Project 1" in dom and "v3 (serving)" in dom
+        subprocess.run(["chromium", *flags, f"--screenshot={shot}", url], capture_output=True,
+                       timeout=120, check=True)
+        assert blue_pixels(shot.read_bytes()) > 50  # the curve image loaded and rendered
+    finally:
+        server.should_exit = True
+        thread.join(10)
