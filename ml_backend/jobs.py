@@ -25,7 +25,7 @@ from ml_backend.label_config import parse_label_config
 from ml_backend.pool import build_pool
 from ml_backend.runtime import Runtime
 from ml_backend.settings import Settings, get_settings
-from model.training import fit, holdout_mask
+from model.training import train_candidate
 from model.versions import UNTRAINED
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,8 @@ JOBS = {"retrain": retrain, "prioritize": prioritize}
 def _retrain(rt: Runtime, project: int) -> dict:
     ls = rt.labelstudio
     config = parse_label_config(ls.label_config(project))
-    pool = build_pool(ls.tasks(project), config)
+    pool = build_pool(ls.tasks(project), config, annotators=frozenset(rt.settings.annotators),
+                      ground_truth_only=rt.settings.ground_truth_only)
     if not pool.labels:
         log.info("project %s: no usable labels yet (%s)", project, dict(pool.skipped))
         return {"version": None, "n_labels": 0, "skipped": dict(pool.skipped)}
@@ -150,20 +151,25 @@ def _retrain(rt: Runtime, project: int) -> dict:
     tasks = [t for t in pool.labels if t in vectors]
     if not tasks:
         raise RuntimeError(f"project {project}: no labelled image could be loaded")
-    classes = list(config.classes)
-    x = np.stack([vectors[t] for t in tasks])
-    y = np.array([classes.index(pool.labels[t]) for t in tasks])
-    heldout = holdout_mask(len(tasks), 0.2, rt.settings.seed)
-    head, meta = fit(x, y, classes, heldout=heldout, seed=rt.settings.seed)
-    meta |= {
+    candidate = train_candidate(
+        np.stack([vectors[t] for t in tasks]), [pool.labels[t] for t in tasks], tasks,
+        list(config.classes), marks=[pool.data[t].get(rt.settings.split_field) for t in tasks],
+        fingerprint=rt.backbone.fingerprint, serving=rt.serving_model(project),
+        config=rt.settings.train_config(),
+    )
+    meta = candidate.meta | {
         "project": project,
         "backbone": rt.backbone.name,
         "backbone_fingerprint": rt.backbone.fingerprint,
         "skipped": dict(pool.skipped) | ({"image errors": len(errors)} if errors else {}),
-        "heldout_tasks": [t for t, h in zip(tasks, heldout) if h],
     }
     versions = rt.versions(project)
-    name = versions.save(head, meta)
+    name = versions.save(candidate.head, meta, candidate.tasks)
+    if not meta["promotion"]["promoted"]:
+        log.warning("project %s: %s is not promoted: %s", project, name,
+                    meta["promotion"]["reason"])
+        return {"version": name, "promoted": False, "n_labels": len(tasks),
+                "metrics": meta["metrics"], "promotion": meta["promotion"]}
     # Predictions first, then the pointer /setup reads, then the switch: Label Studio never
     # asks /predict for a version whose priorities are not in place yet.
     queue = _push_order(rt, project, pool, config, versions.load(name))

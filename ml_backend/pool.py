@@ -14,26 +14,61 @@ class Pool:
     labels: dict[int, str] = field(default_factory=dict)  # labelled tasks only
     skipped: Counter = field(default_factory=Counter)  # why tasks were left out of training
     data: dict[int, dict] = field(default_factory=dict)  # task data, for split fields
+    filtered: set[int] = field(default_factory=set)  # annotated, but ANNOTATORS etc. left it out
 
     @property
     def unlabeled(self) -> list[int]:
-        return [t for t in self.urls if t not in self.labels]
+        return [t for t in self.urls if t not in self.labels and t not in self.filtered]
+
+
+# Reasons a task with annotations still has no training label because of a filter setting.
+NOT_FROM_ANNOTATORS = "annotated only by annotators not in ANNOTATORS"
+NOT_GROUND_TRUTH = "no ground-truth annotation (GROUND_TRUTH_ONLY)"
 
 
 def _stamp(annotation: dict) -> str:
     return str(annotation.get("updated_at") or annotation.get("created_at") or "")
 
 
-def task_label(task: dict, config: LabelConfig) -> tuple[str | None, str | None]:
+def annotator_ids(annotation: dict) -> set[str]:
+    """Ways an annotation names its annotator: user id and email (lower case)."""
+    who = annotation.get("completed_by")
+    ids = set()
+    if isinstance(who, dict):
+        ids |= {str(who.get("id", "")), str(who.get("email", "")).lower()}
+    elif who is not None:
+        ids.add(str(who))
+    # Label Studio's task listing adds "created_username": "<email>, <id>".
+    ids |= {p.strip().lower() for p in str(annotation.get("created_username") or "").split(",")}
+    return ids - {""}
+
+
+def task_label(
+    task: dict,
+    config: LabelConfig,
+    *,
+    annotators: frozenset[str] | set[str] = frozenset(),
+    ground_truth_only: bool = False,
+) -> tuple[str | None, str | None]:
     """(label, None) from the newest usable annotation, or (None, reason) when there is none.
 
     Skipped and cancelled annotations never count; the newest remaining annotation wins, so an
-    annotator correcting a label replaces the old one.
+    annotator correcting a label replaces the old one. `annotators` (ids or emails) keeps only
+    their annotations; `ground_truth_only` only annotations marked as ground truth.
     """
     annotations = list(task.get("annotations") or [])
     usable = [a for a in annotations if not a.get("was_cancelled")]
     if not usable:
         return None, "skipped" if annotations else None
+    if annotators:
+        wanted = {a.lower() for a in annotators}
+        usable = [a for a in usable if annotator_ids(a) & wanted]
+        if not usable:
+            return None, NOT_FROM_ANNOTATORS
+    if ground_truth_only:
+        usable = [a for a in usable if a.get("ground_truth")]
+        if not usable:
+            return None, NOT_GROUND_TRUTH
     newest = max(usable, key=lambda a: (_stamp(a), a.get("id") or 0))
     label = config.choice_of(newest.get("result") or [])
     if label is None:
@@ -43,8 +78,18 @@ def task_label(task: dict, config: LabelConfig) -> tuple[str | None, str | None]
     return label, None
 
 
-def build_pool(tasks, config: LabelConfig) -> Pool:
-    """Collect a project's tasks (dicts as Label Studio lists them) into a pool."""
+def build_pool(
+    tasks,
+    config: LabelConfig,
+    *,
+    annotators: frozenset[str] | set[str] = frozenset(),
+    ground_truth_only: bool = False,
+) -> Pool:
+    """Collect a project's tasks (dicts as Label Studio lists them) into a pool.
+
+    The annotation filters are those of `task_label`. A task they leave without a label is not
+    trained on (`skipped` counts the reason) and not offered for labelling either: it is in
+    `filtered`, not in `unlabeled`."""
     pool = Pool()
     for task in tasks:
         tid = int(task["id"])
@@ -54,9 +99,12 @@ def build_pool(tasks, config: LabelConfig) -> Pool:
             continue
         pool.urls[tid] = url
         pool.data[tid] = task.get("data") or {}
-        label, reason = task_label(task, config)
+        label, reason = task_label(task, config, annotators=annotators,
+                                   ground_truth_only=ground_truth_only)
         if label is not None:
             pool.labels[tid] = label
         elif reason:
             pool.skipped[reason] += 1
+            if reason in (NOT_FROM_ANNOTATORS, NOT_GROUND_TRUTH):
+                pool.filtered.add(tid)
     return pool

@@ -10,6 +10,9 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
+from model.promotion import check_metric
+from model.training import TrainConfig
+
 
 class Settings(BaseSettings):
     """Typed settings; each field is the upper-case environment variable of the same name."""
@@ -57,6 +60,38 @@ class Settings(BaseSettings):
         "", description="URL Label Studio uses to reach this backend (finds it among ML backends)."
     )
     mc_passes: int = Field(10, ge=2, description="Stochastic passes for the bald strategy.")
+    # Head training, evaluation and promotion (model/training.py, model/promotion.py).
+    head_hidden: int = Field(0, ge=0, description="Hidden units of the MLP head; 0: linear head.")
+    head_dropout: float = Field(
+        0.2, ge=0, lt=1, description="Dropout of the head (also what MC-dropout passes sample)."
+    )
+    ensemble_size: int = Field(
+        0, ge=0, description="Heads trained on bootstrap samples for stochastic predictions; "
+        "0 or 1: one head, sampled with MC dropout.",
+    )
+    split_field: str = Field(
+        "split", description="Task data field whose value val/test fixes a task's evaluation role."
+    )
+    holdout_fraction: float = Field(
+        0.2, ge=0, lt=1, description="Labelled tasks held out for validation when none is "
+        "marked val.",
+    )
+    annotators: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated user ids or emails: train only on their annotations.",
+    )
+    ground_truth_only: bool = Field(
+        False, description="Train only on annotations marked as ground truth."
+    )
+    promotion_metric: str = Field(
+        "macro_f1", description="accuracy, macro_f1, precision:<class> or recall:<class>."
+    )
+    promotion_tolerance: float = Field(
+        0.02, ge=0, description="How much worse than the serving version a new one may be."
+    )
+    promotion_min_heldout: int = Field(
+        20, ge=0, description="Fewer shared held-out tasks than this: promote without comparing."
+    )
     log_level: str = Field("INFO", description="Python logging level.")
 
     @field_validator("image_hosts", mode="before")
@@ -65,6 +100,27 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [h.strip().lower() for h in value.split(",") if h.strip()]
         return value
+
+    @field_validator("annotators", mode="before")
+    @classmethod
+    def _split_annotators(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [a.strip().lower() for a in value.split(",") if a.strip()]
+        return value
+
+    @field_validator("promotion_metric")
+    @classmethod
+    def _check_metric(cls, value: str) -> str:
+        return check_metric(value)
+
+    def train_config(self) -> TrainConfig:
+        """The settings that shape a training run, as the model package takes them."""
+        return TrainConfig(
+            seed=self.seed, hidden=self.head_hidden, dropout=self.head_dropout,
+            ensemble=self.ensemble_size, holdout=self.holdout_fraction,
+            metric=self.promotion_metric, tolerance=self.promotion_tolerance,
+            min_heldout=self.promotion_min_heldout,
+        )
 
     @field_validator("label_studio_url")
     @classmethod

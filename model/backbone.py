@@ -86,18 +86,36 @@ def _load_named_weights(net: nn.Module, name: str, enum) -> None:
     net.load_state_dict(state)
 
 
-def _load_file_weights(net: nn.Module, path: Path) -> None:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise WeightsUnavailable(f"{path} holds no state dict")
-    missing, _ = net.load_state_dict(state, strict=False)
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict saved with torch.save, unwrapped from {"state_dict": ...} or {"model": ...}
+    and from DataParallel's "module." prefix; never unpickles arbitrary objects."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsUnavailable(f"{path} is not a torch state dict file ({exc})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsUnavailable(f"{path} holds no state dict of tensors")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _load_file_weights(net: nn.Module, name: str, path: Path) -> None:
+    """Load a file into the classifier-less net: a classifier in the file (any size) is ignored."""
+    try:
+        missing, _ = net.load_state_dict(read_state_dict(path), strict=False)
+    except RuntimeError as exc:  # tensors of the wrong shape: another architecture
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise WeightsUnavailable(f"{path} does not fit {name}: {first}") from None
     if missing:
         raise WeightsUnavailable(f"{path} lacks {len(missing)} backbone tensors, e.g. {missing[:3]}")
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """Short content digest: a weights file's digest is part of the backbone fingerprint."""
     h = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -117,14 +135,35 @@ class Backbone:
     fingerprint: str
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
+    @property
+    def input_size(self) -> int:
+        """Side of the square the weights' preprocessing crops to (224 for most)."""
+        return int(self.transform.crop_size[0])
+
+    @property
+    def resize_size(self) -> int:
+        """Shorter side an image is resized to before the centre crop."""
+        return int(self.transform.resize_size[0])
+
+    def preprocess(self, img: Image.Image) -> torch.Tensor:
+        """`[3, s, s]` float tensor for one decoded image; thread-safe, runs in decode workers."""
+        return self.transform(img.convert("RGB"))
+
     @torch.inference_mode()
+    def embed_tensors(self, batch: torch.Tensor) -> np.ndarray:
+        """Embeddings `[n, dim]` (float32) of a preprocessed batch `[n, 3, s, s]`."""
+        if len(batch) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()  # lets the copy overlap with the previous batch's work
+        out = self.net(batch.to(self.device, non_blocking=True))
+        return out.float().cpu().numpy()
+
     def embed_batch(self, images: list[Image.Image]) -> np.ndarray:
         """Embeddings `[n, dim]` (float32) of already decoded images."""
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
-        batch = torch.stack([self.transform(img.convert("RGB")) for img in images])
-        out = self.net(batch.to(self.device, non_blocking=True))
-        return out.float().cpu().numpy()
+        return self.embed_tensors(torch.stack([self.preprocess(img) for img in images]))
 
 
 def load_backbone(name: str, weights: str = "DEFAULT", device: str = "auto") -> Backbone:
@@ -139,13 +178,13 @@ def load_backbone(name: str, weights: str = "DEFAULT", device: str = "auto") -> 
     if enum is not None:
         _load_named_weights(net, name, enum)
         tag = f"{enum.__class__.__name__}.{enum.name}"
-    elif path is not None:
-        _load_file_weights(net, path)
-        tag = f"file-{_file_digest(path)}"
-    else:
+    dim = _strip_classifier(net)
+    if path is not None:
+        _load_file_weights(net, name, path)
+        tag = f"file-{file_digest(path)}"
+    elif enum is None:
         log.warning("backbone %s uses random weights (WEIGHTS=none): embeddings are weak", name)
         tag = "random-seed0"
-    dim = _strip_classifier(net)
     dev = pick_device(device)
     net.eval().to(dev)
     for p in net.parameters():

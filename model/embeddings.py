@@ -9,14 +9,22 @@ fetching its image again. SQLite in WAL mode lets several processes read and wri
 from __future__ import annotations
 
 import hashlib
+import itertools
+import os
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
+import torch
 from tqdm import tqdm
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def content_hash(data: bytes) -> str:
@@ -29,7 +37,11 @@ class EmbeddingStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.dim = dim
         self._lock = threading.Lock()  # one connection, used by the server's request threads
-        self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+        # Autocommit mode: writes take the write lock up front (BEGIN IMMEDIATE), so two
+        # processes writing at once wait for each other (busy timeout) instead of failing.
+        self._db = sqlite3.connect(
+            self.path, timeout=60, check_same_thread=False, isolation_level=None
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(
@@ -63,17 +75,57 @@ class EmbeddingStore:
         )
         return {h: np.frombuffer(v, dtype=np.float32) for h, v in rows}
 
+    def task_vectors(self, tasks: dict[int, str]) -> dict[int, np.ndarray]:
+        """Vectors of the known tasks among `{task: url}` (a task whose URL changed is unknown)."""
+        known = self.task_hashes(tasks)
+        vectors = self.get(list(known.values()))
+        return {t: vectors[h] for t, h in known.items() if h in vectors}
+
     def put(self, vectors: dict[str, np.ndarray], tasks: dict[int, tuple[str, str]]) -> None:
         """Store `{hash: vector}` and `{task: (url, hash)}` in one transaction."""
-        with self._lock, self._db:
-            self._db.executemany(
-                "INSERT OR IGNORE INTO vectors (hash, vec) VALUES (?, ?)",
-                [(h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in vectors.items()],
-            )
-            self._db.executemany(
-                "INSERT OR REPLACE INTO tasks (task, url, hash) VALUES (?, ?, ?)",
-                [(t, u, h) for t, (u, h) in tasks.items()],
-            )
+        rows = [(h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in vectors.items()]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO vectors (hash, vec) VALUES (?, ?)", rows
+                )
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO tasks (task, url, hash) VALUES (?, ?, ?)",
+                    [(t, u, h) for t, (u, h) in tasks.items()],
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+
+def prefetch_map(fn: Callable[[T], R], items: Iterable[T], workers: int, ahead: int) -> Iterator[R]:
+    """`map(fn, items)` in `workers` threads, in order, with at most `ahead` results pending.
+
+    The bound keeps memory flat: images are decoded just ahead of the forward pass instead of
+    the whole pool up front.
+    """
+    items = iter(items)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending = deque(pool.submit(fn, item) for item in itertools.islice(items, ahead))
+        while pending:
+            done = pending.popleft()
+            for item in itertools.islice(items, 1):
+                pending.append(pool.submit(fn, item))
+            yield done.result()
+
+
+def _quiet(progress: bool | None, n: int) -> bool | None:
+    """tqdm's `disable`: None (auto) shows a bar for long runs when stderr is a terminal."""
+    if progress is None:
+        return None if n >= 500 else True
+    return not progress
+
+
+def default_workers() -> int:
+    """Decode threads: enough to keep the forward pass fed, but leave it the cores it needs."""
+    return max(2, min(8, os.cpu_count() or 2))
 
 
 def embed_tasks(
@@ -83,68 +135,71 @@ def embed_tasks(
     fetch: Callable[[str], bytes],
     *,
     batch_size: int = 32,
-    workers: int = 4,
-    progress: bool = False,
+    workers: int | None = None,
+    progress: bool | None = None,
 ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
     """Embeddings of `{task: image url}`, computing only what the store does not know yet.
 
-    Images are fetched and decoded in a thread pool while the backbone runs on the previous batch.
-    Returns `({task: vector}, {task: error})`: a task whose image cannot be fetched or decoded
-    gets an error and the others still get their vectors.
+    Worker threads fetch, hash, decode and preprocess images a bounded number of batches ahead
+    while the backbone runs on the current batch; an image whose content the store knows
+    (another task, same bytes) is not decoded at all. Returns `({task: vector}, {task: error})`:
+    a task whose image cannot be fetched or decoded gets an error, the others their vectors.
+    `progress=None` shows a bar for long runs on a terminal.
     """
     from model.images import decode_image
 
-    known = store.task_hashes(tasks)
-    vectors = store.get(list(known.values()))
-    out = {t: vectors[h] for t, h in known.items() if h in vectors}
+    out = store.task_vectors(tasks)
     errors: dict[int, str] = {}
     todo = [t for t in tasks if t not in out]
     if not todo:
         return out, errors
 
     def load(task: int):
+        """(task, hash, vector if known, preprocessed tensor, error)"""
         try:
             data = fetch(tasks[task])
-            return task, content_hash(data), data, None
+            digest = content_hash(data)
+            known = store.get([digest]).get(digest)
+            if known is not None:
+                return task, digest, known, None, None
+            img = decode_image(data, target=backbone.resize_size)
+            return task, digest, None, backbone.preprocess(img), None
         except Exception as exc:  # reported per task, never fatal for the batch
-            return task, None, None, str(exc) or type(exc).__name__
+            return task, None, None, None, str(exc) or type(exc).__name__
 
-    def decode(item):
-        task, digest, data, err = item
+    bar = tqdm(total=len(todo), desc="embedding", unit="img", disable=_quiet(progress, len(todo)))
+    batch: list[tuple[int, str, torch.Tensor]] = []
+    links: dict[int, tuple[str, str]] = {}  # tasks whose image content the store already knew
+    computed: dict[str, np.ndarray] = {}  # vectors stored during this call, by content hash
+
+    def flush() -> None:
+        vecs = backbone.embed_tensors(torch.stack([x for _, _, x in batch])) if batch else []
+        new = {d: v for (_, d, _), v in zip(batch, vecs)}
+        links.update({t: (tasks[t], d) for t, d, _ in batch})
+        if links:
+            store.put(new, links)
+        # Another process may have stored the same image first: everyone uses the stored vector.
+        computed.update(store.get(list(new)) if new else {})
+        for t, d, _ in batch:
+            out[t] = computed[d]
+        bar.update(len(batch))
+        batch.clear()
+        links.clear()
+
+    for task, digest, vec, tensor, err in prefetch_map(
+        load, todo, workers or default_workers(), ahead=2 * batch_size
+    ):
         if err is not None:
-            return item, None
-        try:
-            return item, decode_image(data)
-        except Exception as exc:
-            return (task, digest, None, str(exc)), None
-
-    bar = tqdm(total=len(todo), desc="embedding", unit="img", disable=not progress)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda t: decode(load(t)), todo)
-        batch: list[tuple[int, str, object]] = []
-
-        def flush() -> None:
-            if not batch:
-                return
-            cached = store.get([d for _, d, _ in batch])
-            fresh = [(t, d, img) for t, d, img in batch if d not in cached]
-            vecs = backbone.embed_batch([img for _, _, img in fresh])
-            new = {d: v for (_, d, _), v in zip(fresh, vecs)}
-            cached.update(new)
-            store.put(new, {t: (tasks[t], d) for t, d, _ in batch})
-            for t, d, _ in batch:
-                out[t] = cached[d]
-            bar.update(len(batch))
-            batch.clear()
-
-        for (task, digest, _, err), img in results:
-            if err is not None:
-                errors[task] = err
-                bar.update(1)
-                continue
-            batch.append((task, digest, img))
+            errors[task] = err
+            bar.update(1)
+        elif vec is not None or digest in computed:
+            out[task] = vec if vec is not None else computed[digest]
+            links[task] = (tasks[task], digest)
+            bar.update(1)
+        else:
+            batch.append((task, digest, tensor))
             if len(batch) >= batch_size:
                 flush()
-        flush()
+    flush()
     bar.close()
     return out, errors

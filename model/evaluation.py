@@ -24,3 +24,19 @@ def evaluate(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict
         },
         "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
+
+
+def predict_classes(head, head_classes: list[str], x: np.ndarray, classes: list[str]) -> np.ndarray:
+    """Indices into `classes` a head predicts, choosing only among the classes both know.
+
+    This is what serving does when the label config changed since the head was trained, so an
+    old version is judged the way it would answer; -1 when it knows none of `classes`.
+    """
+    from model.head import predict_proba
+
+    allowed = [i for i, c in enumerate(head_classes) if c in classes]
+    if not allowed or len(x) == 0:
+        return np.full(len(x), -1, dtype=np.int64)
+    probs = predict_proba(head, x)[:, allowed]
+    to_new = np.array([classes.index(head_classes[i]) for i in allowed])
+    return to_new[probs.argmax(1)]

@@ -2,30 +2,68 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
 class Head(nn.Module):
-    """Standardise, then a linear layer or a one-hidden-layer MLP, with dropout."""
+    """Standardise, then a linear layer or a one-hidden-layer MLP, with dropout.
+
+    `body` is `[Dropout, Linear]` or `[Dropout, Linear, ReLU, Dropout, Linear]`. In eval mode
+    the standardisation is folded into the first Linear, so scoring is one matrix product.
+    """
 
     def __init__(self, dim: int, n_classes: int, hidden: int = 0, dropout: float = 0.2):
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
-        layers: list[nn.Module] = [nn.Dropout(dropout)]
+        layers: list[nn.Module] = [nn.Dropout(dropout), nn.Linear(dim, hidden or n_classes)]
         if hidden:
-            layers += [nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout)]
-        layers.append(nn.Linear(hidden or dim, n_classes))
+            layers += [nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_classes)]
         self.body = nn.Sequential(*layers)
         self.config = {"dim": dim, "n_classes": n_classes, "hidden": hidden, "dropout": dropout}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body((x - self.mean) / self.std)
+        if self.training:
+            return self.body((x - self.mean) / self.std)
+        first = self.body[1]
+        w = first.weight / self.std
+        h = F.linear(x, w, first.bias - w @ self.mean)
+        for i, layer in enumerate(self.body):
+            if i >= 2:
+                h = layer(h)
+        return h
+
+
+class Ensemble(nn.Module):
+    """Heads trained on bootstrap resamples: their disagreement is the model's uncertainty.
+
+    `forward` returns the log of the members' mean probabilities, so softmax of it is the mean.
+    """
+
+    def __init__(self, members: list[Head]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.config = {**members[0].config, "members": len(members)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = [torch.softmax(m(x), dim=1) for m in self.members]
+        return torch.log(torch.stack(probs).mean(0).clamp_min(1e-12))
+
+
+def build_head(config: dict) -> Head | Ensemble:
+    """An untrained head of a saved `config` (a version's `head_config`)."""
+    config = dict(config)
+    members = config.pop("members", 0)
+    if members:
+        return Ensemble([Head(**config) for _ in range(members)])
+    return Head(**config)
 
 
 @dataclass
@@ -43,6 +81,56 @@ def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
     return w.astype(np.float32)
 
 
+@torch.no_grad()
+def _restandardise(head: Head, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Switch `head` to new input statistics without changing the function it computes."""
+    first = head.body[1]
+    scale = std / head.std
+    first.bias += first.weight @ ((mean - head.mean) / head.std)
+    first.weight *= scale
+    head.mean.copy_(mean)
+    head.std.copy_(std)
+
+
+@torch.no_grad()
+def grow(old: Head | Ensemble, old_classes: list[str], classes: list[str], *, dim: int,
+         hidden: int, dropout: float, seed: int = 0) -> Head | None:
+    """A head for `classes` that starts from what `old` learnt (None when shapes differ).
+
+    The hidden layer is copied and so is the output row of every class `old` knows; a class
+    added to the label config gets a freshly initialised row, a removed one loses its row.
+    """
+    if isinstance(old, Ensemble):
+        old = old.members[0]
+    cfg = old.config
+    if cfg["dim"] != dim or cfg["hidden"] != hidden or not set(old_classes) & set(classes):
+        return None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = Head(cfg["dim"], len(classes), hidden=hidden, dropout=dropout)
+    state = {k: v for k, v in old.state_dict().items() if not k.startswith(f"body.{len(old.body) - 1}.")}
+    head.load_state_dict(state, strict=False)
+    new_last, old_last = head.body[-1], old.body[-1]
+    for i, c in enumerate(classes):
+        if c in old_classes:
+            j = old_classes.index(c)
+            new_last.weight[i] = old_last.weight[j]
+            new_last.bias[i] = old_last.bias[j]
+    return head
+
+
+MASK_WINDOWS = 1024
+
+
+def _dropout_masks(n: int, dim: int, p: float, gen: torch.Generator) -> torch.Tensor:
+    """A pool of `n + min(n, MASK_WINDOWS)` input-dropout masks; each epoch uses a random window.
+
+    Drawing a fresh mask every epoch costs more than the rest of the epoch together; windows
+    into one pool give every example a different mask each epoch at a fraction of the cost.
+    """
+    return torch.rand(n + min(n, MASK_WINDOWS), dim, generator=gen) >= p
+
+
 def train_head(
     x: np.ndarray,
     y: np.ndarray,
@@ -56,11 +144,13 @@ def train_head(
     patience: int = 25,
     val_fraction: float = 0.15,
     seed: int = 0,
+    init: Head | None = None,
 ) -> tuple[Head, TrainReport]:
     """Train a head with full-batch Adam, class-weighted loss and early stopping.
 
     Early stopping watches a random held-out slice of the given examples (only when there are
-    enough of them); the weights of the best epoch are kept. Deterministic for a seed.
+    enough of them); the weights of the best epoch are kept. `init` (see `grow`) warm-starts
+    from an earlier head. Deterministic for a seed.
     """
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
@@ -75,31 +165,45 @@ def train_head(
     order = rng.permutation(n)
     val_idx, train_idx = order[:n_val], order[n_val:]
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        head = Head(x.shape[1], n_classes, hidden=hidden, dropout=dropout)
     xt = torch.from_numpy(x[train_idx])
     yt = torch.from_numpy(y[train_idx])
-    head.mean.copy_(xt.mean(0))
-    head.std.copy_(xt.std(0, unbiased=False).clamp_min(1e-6))
+    mean, std = xt.mean(0), xt.std(0, unbiased=False).clamp_min(1e-6)
+    if init is not None:
+        head = copy.deepcopy(init)
+        _restandardise(head, mean, std)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            head = Head(x.shape[1], n_classes, hidden=hidden, dropout=dropout)
+        head.mean.copy_(mean)
+        head.std.copy_(std)
+    # Standardise once; the epochs then run the body on fixed inputs.
+    xs = (xt - mean) / std
+    xv = (torch.from_numpy(x[val_idx]) - mean) / std
+    yv = torch.from_numpy(y[val_idx])
+    p = float(head.config["dropout"])
+    masks = _dropout_masks(len(xs), xs.shape[1], p, gen) if p > 0 else None
+    layers = head.body[1:]  # the input dropout is applied through the mask pool
     weights = torch.from_numpy(class_weights(y[train_idx], n_classes))
     loss_fn = nn.CrossEntropyLoss(weight=weights)
-    val_loss_fn = nn.CrossEntropyLoss()
     opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
-    xv, yv = torch.from_numpy(x[val_idx]), torch.from_numpy(y[val_idx])
 
     best_state, best_loss, best_epoch, epoch = None, float("inf"), 0, 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
         for epoch in range(1, max_epochs + 1):
             head.train()
+            inputs = xs
+            if masks is not None:
+                offset = int(torch.randint(0, len(masks) - len(xs) + 1, (1,), generator=gen))
+                inputs = xs * masks[offset : offset + len(xs)] * (1.0 / (1.0 - p))
             opt.zero_grad(set_to_none=True)
-            loss_fn(head(xt), yt).backward()
+            loss_fn(layers(inputs), yt).backward()
             opt.step()
             if n_val:
                 head.eval()
                 with torch.no_grad():
-                    val = float(val_loss_fn(head(xv), yv))
+                    val = float(F.cross_entropy(layers(xv), yv))
                 if val < best_loss - 1e-5:
                     best_loss, best_epoch = val, epoch
                     best_state = {k: v.clone() for k, v in head.state_dict().items()}
@@ -117,13 +221,51 @@ def train_head(
     return head, report
 
 
+def train_ensemble(
+    x: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    members: int,
+    *,
+    epochs: int,
+    hidden: int = 0,
+    dropout: float = 0.2,
+    seed: int = 0,
+    init: Head | None = None,
+) -> Ensemble:
+    """`members` heads, each fitted for `epochs` on a bootstrap resample drawn within each class
+    (so a rare class is never left out of a member)."""
+    rng = np.random.default_rng(seed)
+    y = np.asarray(y)
+    heads = []
+    for m in range(members):
+        idx = np.concatenate([
+            rng.choice(rows, size=len(rows), replace=True)
+            for rows in (np.flatnonzero(y == c) for c in np.unique(y))
+        ])
+        head, _ = train_head(x[idx], y[idx], n_classes, hidden=hidden, dropout=dropout,
+                             max_epochs=epochs, val_fraction=0.0, seed=seed + 1 + m, init=init)
+        heads.append(head)
+    return Ensemble(heads)
+
+
 @torch.no_grad()
-def predict_proba(head: Head, x: np.ndarray, passes: int = 1, seed: int = 0) -> np.ndarray:
-    """Class probabilities `[n, c]`; with `passes > 1`, MC-dropout passes `[n, c, T]`."""
+def predict_proba(
+    head: Head | Ensemble, x: np.ndarray, passes: int = 1, seed: int = 0, chunk: int = 65536
+) -> np.ndarray:
+    """Class probabilities `[n, c]`; with `passes > 1`, stochastic samples `[n, c, T]`.
+
+    The samples are MC-dropout passes of a single head (T = passes), or the members of an
+    ensemble (T = number of members, whatever `passes` says).
+    """
     xt = torch.from_numpy(np.asarray(x, dtype=np.float32))
     if passes <= 1:
         head.eval()
-        return torch.softmax(head(xt), dim=1).numpy()
+        return torch.cat([torch.softmax(head(xt[i : i + chunk]), dim=1)
+                          for i in range(0, max(len(xt), 1), chunk)]).numpy()
+    if isinstance(head, Ensemble):
+        head.eval()
+        return torch.stack([torch.softmax(m(xt), dim=1) for m in head.members], dim=2).numpy()
     head.train()  # keep dropout on for stochastic passes
     try:
         with torch.random.fork_rng(devices=[]):

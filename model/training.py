@@ -1,22 +1,77 @@
-"""One training run: held-out evaluation, then a head fitted on every label."""
+"""One training run: split the labelled tasks, fit a head, measure it, and judge it against the
+version that serves now."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from model.evaluation import evaluate
-from model.head import Head, predict_proba, train_head
+from model.evaluation import evaluate, predict_classes
+from model.head import Ensemble, Head, grow, predict_proba, train_ensemble, train_head
+from model.promotion import decide
+from model.versions import ModelVersion
+
+TRAIN, VAL, TEST = "train", "val", "test"
+_MARKS = {"val": VAL, "valid": VAL, "validation": VAL, "test": TEST}
 
 
-def holdout_mask(n: int, fraction: float, seed: int, min_labels: int = 10) -> np.ndarray:
-    """A random held-out slice; none while there are too few labels to spare any."""
-    mask = np.zeros(n, dtype=bool)
-    if n >= min_labels and fraction > 0:
-        k = max(1, int(round(n * fraction)))
-        mask[np.random.default_rng(seed).permutation(n)[:k]] = True
-    return mask
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that shapes a training run; recorded in each version's meta."""
+
+    seed: int = 0
+    hidden: int = 0
+    dropout: float = 0.2
+    ensemble: int = 0  # 0: one head (MC dropout for stochastic passes); n >= 2: n bootstrap heads
+    holdout: float = 0.2  # random held-out fraction when no task is marked `val`
+    min_labels: int = 10  # fewer labels than this: nothing is held out
+    metric: str = "macro_f1"
+    tolerance: float = 0.02
+    min_heldout: int = 20  # fewer shared held-out tasks than this: promote without comparing
+
+
+def _unit_hash(tasks: np.ndarray, seed: int) -> np.ndarray:
+    """A fixed pseudo-random number in [0, 1) per task id (splitmix64), independent of order."""
+    z = tasks.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def assign_roles(
+    tasks: list[int], marks: list[object], *, fraction: float, seed: int, min_labels: int = 10
+) -> np.ndarray:
+    """`train`, `val` or `test` for each labelled task.
+
+    A task whose split field says `val`/`validation` or `test` keeps that role. When no task is
+    marked `val`, a random slice of the unmarked tasks is: the slice is a fixed function of the
+    task id, so a task once held out stays held out as labels accumulate and no version ever
+    trains on it. Held-out tasks are never trained on.
+    """
+    roles = np.array([_MARKS.get(str(m).strip().lower(), TRAIN) if m is not None else TRAIN
+                      for m in marks], dtype=object)
+    if len(tasks) < min_labels or fraction <= 0 or (roles == VAL).any():
+        return roles
+    free = np.flatnonzero(roles == TRAIN)
+    if len(free) < min_labels:
+        return roles
+    u = _unit_hash(np.asarray(tasks, dtype=np.int64)[free], seed)
+    chosen = free[u < fraction]
+    if len(chosen) == 0:
+        chosen = free[[int(np.argmin(u))]]
+    roles[chosen] = VAL
+    return roles
+
+
+@dataclass
+class Candidate:
+    head: Head | Ensemble
+    meta: dict
+    tasks: dict[str, list[int]]  # role -> task ids
 
 
 def fit(
@@ -24,36 +79,110 @@ def fit(
     y: np.ndarray,
     classes: list[str],
     *,
-    heldout: np.ndarray | None = None,
-    seed: int = 0,
-    hidden: int = 0,
-) -> tuple[Head, dict]:
-    """Train a head on `x, y` and measure it on the `heldout` rows.
+    roles: np.ndarray | None = None,
+    config: TrainConfig = TrainConfig(),
+    init: Head | None = None,
+) -> tuple[Head | Ensemble, dict]:
+    """Train a head on the `train` rows and measure it on the `val` (and `test`) rows.
 
-    The metrics come from a head that never saw the held-out rows; the head returned is then
-    refitted on all rows for as many epochs as early stopping found best, so no label is wasted.
+    Early stopping watches a slice of the training rows; the head is then refitted on every
+    training row for the best number of epochs, so no training label is wasted.
     """
     start = time.perf_counter()
     y = np.asarray(y, dtype=np.int64)
-    heldout = np.zeros(len(y), dtype=bool) if heldout is None else np.asarray(heldout, dtype=bool)
-    metrics = None
-    epochs = 300
-    if heldout.any() and (~heldout).any():
-        probe, report = train_head(x[~heldout], y[~heldout], len(classes), seed=seed, hidden=hidden)
-        pred = predict_proba(probe, x[heldout]).argmax(1)
-        metrics = evaluate(y[heldout], pred, classes)
-        epochs = report.best_epoch
-    head, report = train_head(
-        x, y, len(classes), seed=seed, hidden=hidden, max_epochs=epochs,
-        val_fraction=0.0 if metrics else 0.15,
-    )
+    roles = np.full(len(y), TRAIN, dtype=object) if roles is None else np.asarray(roles)
+    train = roles == TRAIN
+    if not train.any():
+        raise ValueError("every labelled task is held out: nothing left to train on")
+    c = config
+    xt, yt = x[train], y[train]
+    kw = dict(hidden=c.hidden, dropout=c.dropout, seed=c.seed, init=init)
+    probe, report = train_head(xt, yt, len(classes), **kw)
+    epochs = report.best_epoch
+    if report.val_loss is not None:  # early stopping held some rows back: refit on all of them
+        head, report = train_head(xt, yt, len(classes), max_epochs=epochs, val_fraction=0.0, **kw)
+    else:
+        head = probe
+    if c.ensemble >= 2:
+        head = train_ensemble(xt, yt, len(classes), c.ensemble, epochs=epochs, **kw)
+
+    def measure(role: str) -> dict | None:
+        rows = roles == role
+        if not rows.any():
+            return None
+        return evaluate(y[rows], predict_proba(head, x[rows]).argmax(1), classes)
+
     meta = {
         "classes": list(classes),
         "n_labels": int(len(y)),
-        "label_counts": {c: int((y == i).sum()) for i, c in enumerate(classes)},
-        "n_heldout": int(heldout.sum()),
-        "metrics": metrics,
-        "train": {"epochs": report.epochs, "seed": seed, "hidden": hidden},
+        "n_train": int(train.sum()),
+        "label_counts": {cl: int((y == i).sum()) for i, cl in enumerate(classes)},
+        "n_heldout": int((roles == VAL).sum()),
+        "n_test": int((roles == TEST).sum()),
+        "metrics": measure(VAL),
+        "test_metrics": measure(TEST),
+        "train": {"epochs": epochs, "warm_start": init is not None, **asdict(c)},
         "train_seconds": round(time.perf_counter() - start, 4),
     }
     return head, meta
+
+
+def train_candidate(
+    x: np.ndarray,
+    labels: list[str],
+    tasks: list[int],
+    classes: list[str],
+    *,
+    marks: list[object] | None = None,
+    fingerprint: str | None = None,
+    serving: ModelVersion | None = None,
+    serving_x: np.ndarray | None = None,
+    config: TrainConfig = TrainConfig(),
+) -> Candidate:
+    """Split, fit (warm-started from `serving` when it fits), measure and judge a new version.
+
+    `x` are the embeddings of `tasks` by the backbone with `fingerprint`. The serving version is
+    judged on its own backbone's embeddings: `x` when it was trained on the same backbone,
+    else `serving_x` (after fine-tuning); without them it cannot be compared and the new
+    version is promoted.
+    """
+    tasks = [int(t) for t in tasks]
+    y = np.array([classes.index(label) for label in labels], dtype=np.int64)
+    roles = assign_roles(tasks, marks or [None] * len(tasks), fraction=config.holdout,
+                         seed=config.seed, min_labels=config.min_labels)
+    same_backbone = serving is not None and (
+        fingerprint is None or serving.meta.get("backbone_fingerprint") == fingerprint)
+    init = None
+    if same_backbone:
+        init = grow(serving.head, serving.classes, classes, dim=x.shape[1], hidden=config.hidden,
+                    dropout=config.dropout, seed=config.seed)
+    head, meta = fit(x, y, classes, roles=roles, config=config, init=init)
+    by_role = {r: [t for t, role in zip(tasks, roles) if role == r] for r in (TRAIN, VAL, TEST)}
+    if serving is None:
+        verdict = decide(config.metric, None, None, config.tolerance, reason="no version serves yet")
+    elif not same_backbone and serving_x is None:
+        verdict = decide(config.metric, None, None, config.tolerance,
+                         reason="the serving version uses another backbone: not comparable")
+    else:
+        verdict = judge(head, classes, x, serving, x if same_backbone else serving_x,
+                        y, tasks, roles, config)
+    meta["promotion"] = verdict
+    return Candidate(head, meta, by_role)
+
+
+def judge(head: Head | Ensemble, classes: list[str], x: np.ndarray, serving: ModelVersion,
+          serving_x: np.ndarray, y: np.ndarray, tasks: list[int], roles: np.ndarray,
+          config: TrainConfig) -> dict:
+    """Promotion decision: the new head vs the serving version on the held-out tasks that
+    neither was trained on (a version trained before a task was held out does not count it)."""
+    trained_on = set(serving.tasks.get(TRAIN, []))
+    rows = np.array([r == VAL and t not in trained_on for t, r in zip(tasks, roles)], dtype=bool)
+    n = int(rows.sum())
+    if n < config.min_heldout:
+        return decide(config.metric, None, None, config.tolerance,
+                      reason=f"only {n} held-out tasks to compare on "
+                             f"(PROMOTION_MIN_HELDOUT={config.min_heldout})")
+    new_pred = predict_classes(head, classes, x[rows], classes)
+    old_pred = predict_classes(serving.head, serving.classes, serving_x[rows], classes)
+    return decide(config.metric, evaluate(y[rows], new_pred, classes),
+                  evaluate(y[rows], old_pred, classes), config.tolerance, n=n)

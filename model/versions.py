@@ -2,8 +2,10 @@
 
 Layout under the model dir::
 
-    projects/<id>/versions/v<N>/head.pt     weights of the head
-    projects/<id>/versions/v<N>/meta.json   label map, training config, metrics, counts
+    projects/<id>/versions/v<N>/head.pt     weights of the head (or of the ensemble's heads)
+    projects/<id>/versions/v<N>/meta.json   label map, training config, metrics, counts,
+                                            promotion decision, backbone it was trained on
+    projects/<id>/versions/v<N>/tasks.json  task ids by role: train, val, test
     projects/<id>/serving                   name of the serving version
 
 A version is written into a temporary folder and renamed into place, and the serving pointer is
@@ -18,26 +20,43 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
 
-from model.head import Head
+from model.head import Ensemble, Head, build_head
 
 UNTRAINED = "untrained"
 _NAME = re.compile(r"^v(\d+)$")
 
 
+class UnknownVersion(KeyError):
+    """The project has no version of that name."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 @dataclass
 class ModelVersion:
     name: str
-    head: Head
+    head: Head | Ensemble
     meta: dict
+    path: Path | None = field(default=None, repr=False)
 
     @property
     def classes(self) -> list[str]:
         return list(self.meta["classes"])
+
+    @cached_property
+    def tasks(self) -> dict[str, list[int]]:
+        """Task ids by role (train, val, test); empty for versions that were not trained here."""
+        try:
+            return json.loads((self.path / "tasks.json").read_text())
+        except (FileNotFoundError, TypeError):
+            return {}
 
 
 class VersionStore:
@@ -64,20 +83,29 @@ class VersionStore:
     def meta(self, name: str) -> dict:
         return json.loads((self.versions_dir / name / "meta.json").read_text())
 
+    def _check(self, name: str) -> None:
+        if not _NAME.match(name or "") or not (self.versions_dir / name / "meta.json").is_file():
+            have = ", ".join(self.names()) or "none"
+            raise UnknownVersion(f"project {self.project} has no version {name!r} (it has: {have})")
+
     def load(self, name: str) -> ModelVersion:
+        self._check(name)
         meta = self.meta(name)
-        head = Head(**meta["head_config"])
+        head = build_head(meta["head_config"])
         state = torch.load(self.versions_dir / name / "head.pt", map_location="cpu", weights_only=True)
         head.load_state_dict(state)
         head.eval()
-        return ModelVersion(name, head, meta)
+        return ModelVersion(name, head, meta, self.versions_dir / name)
 
-    def save(self, head: Head, meta: dict) -> str:
+    def save(self, head: Head | Ensemble, meta: dict,
+             tasks: dict[str, list[int]] | None = None) -> str:
         """Write a new version atomically and return its name (never overwrites one)."""
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
         try:
             torch.save(head.state_dict(), tmp / "head.pt")
+            if tasks is not None:
+                (tmp / "tasks.json").write_text(json.dumps(tasks))
             while True:
                 names = self.names()
                 number = int(names[-1][1:]) + 1 if names else 1
@@ -95,8 +123,7 @@ class VersionStore:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def promote(self, name: str) -> None:
-        if not (self.versions_dir / name / "meta.json").is_file():
-            raise KeyError(f"project {self.project} has no version {name!r}")
+        self._check(name)
         tmp = self.root / f".serving-{os.getpid()}"
         tmp.write_text(name)
         os.replace(tmp, self.root / "serving")

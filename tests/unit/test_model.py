@@ -11,7 +11,7 @@ from model.backbone import WeightsUnavailable, load_backbone
 from model.embeddings import EmbeddingStore, embed_tasks
 from model.head import class_weights, predict_proba, train_head
 from model.images import BadImage, decode_image
-from model.training import fit, holdout_mask
+from model.training import VAL, assign_roles, fit
 from model.versions import VersionStore
 from tests.images import png_bytes
 
@@ -51,13 +51,15 @@ def test_class_weights_favour_the_rare_class():
 
 def test_fit_reports_heldout_metrics_and_counts():
     x, y = blobs()
-    mask = holdout_mask(len(y), 0.2, seed=0)
-    head, meta = fit(x, y, ["a", "b", "c"], heldout=mask)
-    assert meta["n_labels"] == len(y) and meta["n_heldout"] == mask.sum() == 24
+    roles = assign_roles(list(range(len(y))), [None] * len(y), fraction=0.2, seed=0)
+    n_val = int((roles == VAL).sum())
+    head, meta = fit(x, y, ["a", "b", "c"], roles=roles)
+    assert meta["n_labels"] == len(y) and meta["n_heldout"] == n_val > 10
+    assert meta["n_train"] == len(y) - n_val
     assert meta["metrics"]["accuracy"] > 0.9
     assert set(meta["metrics"]["per_class"]) == {"a", "b", "c"}
-    assert np.array(meta["metrics"]["confusion"]).sum() == 24
-    assert not holdout_mask(5, 0.2, 0).any()  # too few labels to spare any
+    assert np.array(meta["metrics"]["confusion"]).sum() == n_val
+    assert meta["test_metrics"] is None
 
 
 def test_versions_are_numbered_atomic_and_promoted_explicitly(tmp_path):
