@@ -89,4 +89,6 @@ def start_backend(ls_url: str, token: str, redis_url: str, workdir: Path) -> Bac
         worker.stop()
         server.stop()
         raise
-    return Backend(url, server, worker, model_dir, redis_url, httpx.Client(base_url=url, timeout=30))
+    return Backend(
+        url, server, worker, model_dir, redis_url, httpx.Client(base_url=url, timeout=30)
+    )

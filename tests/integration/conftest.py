@@ -93,7 +93,10 @@ def colour_images(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 @pytest.fixture(scope="session")
 def label_studio_template(tmp_path_factory, colour_images) -> Path:
     """A Label Studio data dir with migrations applied and the admin user + token created."""
-    require_label_studio()
+    try:
+        require_label_studio()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
     images_root, _ = colour_images
     base = tmp_path_factory.mktemp("ls-template")
     data_dir = base / "data"

@@ -94,7 +94,7 @@ def create_project(
     )
     tasks = api.list_tasks(pid)
     prefix = local_files_url("")
-    image_of = {t["id"]: t["data"]["image"][len(prefix):] for t in tasks}
+    image_of = {t["id"]: t["data"]["image"][len(prefix) :] for t in tasks}
     truth = {tid: truth_by_path[rel] for tid, rel in image_of.items()}
     if len(truth) != len(paths):
         raise AssertionError(f"imported {len(paths)} tasks, LS lists {len(truth)}")

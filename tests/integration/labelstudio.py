@@ -45,44 +45,61 @@ def ls_env(data_dir: Path, images_root: Path) -> dict[str, str]:
     return env
 
 
+class PortTaken(RuntimeError):
+    pass
+
+
+def _start_once(
+    ls_bin: Path, port: int, data_dir: Path, images_root: Path, log_path: Path, timeout: float
+) -> ManagedProcess:
+    argv = [
+        str(ls_bin), "start", "--no-browser",
+        "--internal-host", "127.0.0.1", "-p", str(port),
+        "--username", ADMIN_EMAIL, "--password", ADMIN_PASSWORD,
+        "--user-token", ADMIN_TOKEN, "--enable-legacy-api-token",
+    ]  # fmt: skip
+    env = ls_env(data_dir, images_root)
+    proc = ManagedProcess("label-studio", argv, log_path, env=env, cwd=data_dir)
+    url = f"http://127.0.0.1:{port}"
+    banner = f"127.0.0.1:{port}/"
+
+    def bound() -> str | None:
+        log = proc.tail(400)
+        return "moved" if "is in use" in log else ("ours" if banner in log else None)
+
+    try:
+        wait_until(lambda: health_is_up(url), timeout, 0.5, f"{url}/health == UP", proc)
+        # Tie the answer to our process: runserver logs the address it bound.
+        if wait_until(bound, 10, 0.2, "runserver banner", proc) == "moved":
+            raise PortTaken(f"port {port} was taken; Label Studio moved to another one")
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
+
+
 def start_label_studio(
     data_dir: Path, images_root: Path, log_path: Path, timeout: float, attempts: int = 3
 ) -> tuple[ManagedProcess, str]:
     """Start LS on a fresh free port; return (process, base url) once /health is UP on that port.
 
-    LS silently moves to the next port when the chosen one is busy, so a start whose log reports
-    that (or whose health answer cannot be tied to our port) is stopped and retried.
+    LS silently moves to the next port when the chosen one is busy, so a start whose log says so
+    is stopped and retried on another port.
     """
     ls_bin = require_label_studio()
     data_dir.mkdir(parents=True, exist_ok=True)
-    last_error = ""
-    for _ in range(attempts):
+    for attempt in range(attempts):
         port = free_port()
-        argv = [
-            str(ls_bin), "start", "--no-browser",
-            "--internal-host", "127.0.0.1", "-p", str(port),
-            "--username", ADMIN_EMAIL, "--password", ADMIN_PASSWORD,
-            "--user-token", ADMIN_TOKEN, "--enable-legacy-api-token",
-        ]  # fmt: skip
-        proc = ManagedProcess("label-studio", argv, log_path, env=ls_env(data_dir, images_root),
-                              cwd=data_dir)
-        url = f"http://127.0.0.1:{port}"
         try:
-            wait_until(lambda: health_is_up(url), timeout, 0.5, f"{url}/health == UP", proc)
-            # Tie the answer to our process: runserver logs the address it bound.
-            wait_until(
-                lambda: f"127.0.0.1:{port}/" in proc.tail(400) or "is in use" in proc.tail(400),
-                10, 0.2, "runserver banner", proc,
-            )  # fmt: skip
-            if "is in use" in proc.tail(400):
-                raise RuntimeError(f"port {port} was taken; Label Studio moved elsewhere")
-            return proc, url
+            proc = _start_once(ls_bin, port, data_dir, images_root, log_path, timeout)
+        except PortTaken:
+            if attempt == attempts - 1:
+                raise
+            continue
         except (RuntimeError, TimeoutError) as exc:
-            last_error = str(exc)
-            proc.stop()
-            if "port" not in last_error or "was taken" not in last_error:
-                break
-    raise RuntimeError(f"Label Studio did not start:\n{last_error}")
+            raise RuntimeError(f"Label Studio did not start:\n{exc}") from None
+        return proc, f"http://127.0.0.1:{port}"
+    raise AssertionError("unreachable")
 
 
 class LSApiError(AssertionError):

@@ -23,36 +23,58 @@ def project_webhooks(project: LSProject) -> list[dict[str, Any]]:
     return project.api.get("/api/webhooks/", params={"project": project.id})
 
 
+def retrains(status: dict[str, Any]) -> list[dict[str, Any]]:
+    """The retrain entries of /status's job history (other job kinds left out)."""
+    return [j for j in status.get("jobs", []) if j.get("kind", "retrain") == "retrain"]
+
+
+def queue_busy(status: dict[str, Any]) -> bool:
+    """Whether /status shows any job pending, queued or running for the project.
+
+    Reads every flag and count under `queue` rather than fixed key names, so a renamed flag
+    cannot make a busy backend look idle; a Redis error counts as busy.
+    """
+    queue = status.get("queue")
+    if not isinstance(queue, dict) or "error" in queue:
+        return True
+    return any(bool(v) for v in queue.values())
+
+
 def wait_for_idle_version(
-    backend: Backend, project_id: int, n_labels: int, timeout: float = TRAIN_TIMEOUT
+    backend: Backend,
+    project_id: int,
+    n_labels: int,
+    timeout: float = TRAIN_TIMEOUT,
+    min_retrains: int = 1,
 ) -> dict[str, Any]:
-    """Wait until the serving version was trained on `n_labels` labels and no retrain is left.
+    """Wait until the serving version was trained on `n_labels` labels, at least `min_retrains`
+    retrains are recorded, and nothing is pending, queued or running for the project.
 
     Fails at once, with the backend's logs, when a retrain job records a failure.
     """
+    last: dict[str, Any] = {}
 
     def check() -> dict[str, Any] | None:
         status = backend.status(project_id)
+        last["status"] = status
         failed = [j for j in status.get("jobs", []) if j.get("status") == "failed"]
         if failed:
-            raise AssertionError(f"retrain failed: {failed}\n{backend.logs(80)}")
-        queue = status.get("queue", {})
-        versions = status.get("versions") or []
-        serving = [v for v in versions if v.get("serving")]
-        idle = not (
-            queue.get("retrain_pending") or queue.get("retrain_running") or queue.get("queued_jobs")
-        )
-        if idle and serving and serving[-1].get("n_labels") == n_labels:
+            raise AssertionError(f"job failed: {failed}\n{backend.logs(80)}")
+        serving = [v for v in status.get("versions") or [] if v.get("serving")]
+        if (
+            not queue_busy(status)
+            and len(retrains(status)) >= min_retrains
+            and serving
+            and serving[-1].get("n_labels") == n_labels
+        ):
             return status
-        check.last = status  # type: ignore[attr-defined]
         return None
 
-    check.last = None  # type: ignore[attr-defined]
     try:
         return wait_until(check, timeout, 1.0, f"a version trained on {n_labels} labels")
     except TimeoutError as exc:
         raise AssertionError(
-            f"{exc}\nlast /status/{project_id}: {check.last}\n{backend.logs(80)}"  # type: ignore[attr-defined]
+            f"{exc}\nlast /status/{project_id}: {last.get('status')}\n{backend.logs(80)}"
         ) from None
 
 

@@ -45,7 +45,7 @@ class ManagedProcess:
         self.argv = list(argv)
         self.log_path = Path(log_path)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             self.argv,
             stdout=self._log,
@@ -112,6 +112,8 @@ def wait_until(
             value = check()
             if value:
                 return value
+        except AssertionError:  # a definite failure, not "not ready yet"
+            raise
         except Exception as exc:  # noqa: BLE001 - not ready yet; retried until the deadline
             last_exc = exc
         if proc is not None and not proc.alive():
