@@ -47,8 +47,9 @@ def wait_for_idle_version(
     timeout: float = TRAIN_TIMEOUT,
     min_retrains: int = 1,
 ) -> dict[str, Any]:
-    """Wait until the serving version was trained on `n_labels` labels, at least `min_retrains`
-    retrains are recorded, and nothing is pending, queued or running for the project.
+    """Wait until the newest version (promoted or not) was trained on `n_labels` labels, at
+    least `min_retrains` retrains are recorded, and nothing is pending, queued or running for
+    the project. Whether that version serves is for the caller to check.
 
     Fails at once, with the backend's logs, when a retrain job records a failure.
     """
@@ -60,12 +61,12 @@ def wait_for_idle_version(
         failed = [j for j in status.get("jobs", []) if j.get("status") == "failed"]
         if failed:
             raise AssertionError(f"job failed: {failed}\n{backend.logs(80)}")
-        serving = [v for v in status.get("versions") or [] if v.get("serving")]
+        versions = status.get("versions") or []
         if (
             not queue_busy(status)
             and len(retrains(status)) >= min_retrains
-            and serving
-            and serving[-1].get("n_labels") == n_labels
+            and versions
+            and versions[-1].get("n_labels") == n_labels
         ):
             return status
         return None
