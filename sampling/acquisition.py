@@ -30,7 +30,7 @@ def _finish(x: np.ndarray) -> np.ndarray:
 
 
 def mean_probs(probs: np.ndarray) -> np.ndarray:
-    """Collapse ``[n, c, T]`` stochastic passes to their mean ``[n, c]``; pass ``[n, c]`` through."""
+    """Average ``[n, c, T]`` stochastic passes to ``[n, c]``; ``[n, c]`` passes through."""
     return probs.mean(axis=2) if probs.ndim == 3 else probs
 
 

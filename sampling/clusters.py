@@ -80,7 +80,10 @@ def distance_to_centre(x: np.ndarray, centres: np.ndarray, labels: np.ndarray) -
 
 
 def round_robin(
-    cluster: np.ndarray, priority: np.ndarray, cluster_rank: np.ndarray, tier: np.ndarray | None = None
+    cluster: np.ndarray,
+    priority: np.ndarray,
+    cluster_rank: np.ndarray,
+    tier: np.ndarray | None = None,
 ) -> np.ndarray:
     """Order points by visiting clusters in turn, best point of each cluster first.
 

@@ -2,7 +2,8 @@
 
 Both keep one running vector ``mind[i]`` = squared distance from point ``i`` to its
 nearest chosen centre, so a pick costs one matrix-vector product (two for BADGE) plus a
-few passes over an ``n``-vector, and extra memory stays linear in ``n`` (no ``n x k`` distance matrix).
+few passes over an ``n``-vector, and extra memory stays linear in ``n`` (no ``n x k``
+distance matrix).
 Squared distances come from ``|x|^2 + |c|^2 - 2 x.c`` with the norms computed once.
 
 Points that are labelled or already chosen hold ``-inf`` (farthest-first) or ``0``
