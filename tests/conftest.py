@@ -55,12 +55,17 @@ def redis_server(tmp_path_factory) -> Iterator[str]:
 _db_numbers = itertools.cycle(range(1, REDIS_DATABASES))
 
 
-@pytest.fixture
-def redis_url(redis_server) -> Iterator[str]:
-    """`redis://127.0.0.1:N/<db>`: a database of the private server, flushed, for this test only."""
-    url = f"{redis_server}/{next(_db_numbers)}"
+def fresh_database(base: str) -> Iterator[str]:
+    """A database of the private server, flushed before and after use."""
+    url = f"{base}/{next(_db_numbers)}"
     client = redis.Redis.from_url(url)
     client.flushdb()
     yield url
     client.flushdb()
     client.close()
+
+
+@pytest.fixture
+def redis_url(redis_server) -> Iterator[str]:
+    """`redis://127.0.0.1:N/<db>`: a database of the private server for this test only."""
+    yield from fresh_database(redis_server)

@@ -10,15 +10,14 @@ backend keeps everything per project (model versions, Redis keys).
 
 from __future__ import annotations
 
-import itertools
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
+
+from tests.conftest import fresh_database
 
 from .backend import Backend, start_backend
 from .dataset import create_project, make_images
@@ -31,50 +30,14 @@ from .labelstudio import (
     require_label_studio,
     start_label_studio,
 )
-from .procs import ManagedProcess, free_port, wait_until
-
-REDIS_DATABASES = 64
-
 
 # --- Redis --------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory) -> Iterator[str]:
-    """A private redis-server for this run; yields its base URL `redis://127.0.0.1:N`."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.fail("redis-server is not on PATH: run `make system-deps`", pytrace=False)
-    workdir = tmp_path_factory.mktemp("redis")
-    port = free_port()
-    proc = ManagedProcess(
-        "redis-server",
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir), "--databases", str(REDIS_DATABASES)],
-        workdir / "redis.log",
-    )  # fmt: skip
-    base = f"redis://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: redis.Redis.from_url(f"{base}/0").ping(), 20, 0.1, "redis PING", proc)
-    except BaseException:
-        proc.stop()
-        raise
-    yield base
-    proc.stop()
-
-
-_db_numbers = itertools.cycle(range(1, REDIS_DATABASES))
-
-
 @pytest.fixture(scope="module")
 def redis_url(redis_server) -> Iterator[str]:
-    """`redis://127.0.0.1:N/<db>`: a database of the private server, flushed, for this module."""
-    url = f"{redis_server}/{next(_db_numbers)}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
-    client.close()
+    """A database of the private server (tests/conftest.py), flushed, for this module."""
+    yield from fresh_database(redis_server)
 
 
 # --- Images -------------------------------------------------------------------------------
