@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=9090)
     p.set_defaults(func=_demo)
 
+    from ml_backend.model_commands import register as register_model_commands
+
+    register_model_commands(sub)  # rollback, export, import-model, predict, finetune
     args = parser.parse_args(argv)
     try:
         from ml_backend.settings import get_settings

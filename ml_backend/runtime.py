@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 
@@ -23,13 +26,58 @@ class Runtime:
     def __init__(self, settings: Settings):
         self.settings = settings
         self._lock = threading.Lock()
-        self._stores: dict[int, EmbeddingStore] = {}
+        self._stores: dict[tuple[int, str], EmbeddingStore] = {}
         self._loaded: dict[tuple[int, str], ModelVersion] = {}
+        self._backbones: dict[tuple[str, str], Backbone] = {}
+        self._candidates: dict[int, Backbone] = {}
 
     @cached_property
     def backbone(self) -> Backbone:
+        """The configured backbone (BACKBONE, WEIGHTS)."""
         s = self.settings
         return load_backbone(s.backbone, s.weights, s.device)
+
+    def load_backbone(self, name: str, weights: str) -> Backbone:
+        """A project's own backbone (fine-tuned or imported), from a file under MODEL_DIR."""
+        key = (name, str(weights))
+        with self._lock:
+            if key not in self._backbones:
+                path = self.settings.model_dir / weights
+                self._backbones[key] = load_backbone(name, str(path), self.settings.device)
+            return self._backbones[key]
+
+    def backbone_of(self, meta: dict) -> Backbone:
+        """The backbone a version was trained on: its own weights file when it names one (see
+        `backbone_meta`), else the configured backbone."""
+        weights = meta.get("backbone_weights")
+        return self.load_backbone(meta["backbone"], weights) if weights else self.backbone
+
+    def backbone_for(self, project: int) -> Backbone:
+        """The backbone of the project's embeddings: the serving version's (or a candidate's,
+        see `candidate_backbone`)."""
+        if project in self._candidates:
+            return self._candidates[project]
+        model = self.serving_model(project)
+        return self.backbone_of(model.meta) if model else self.backbone
+
+    @contextmanager
+    def candidate_backbone(self, project: int, backbone: Backbone) -> Iterator[None]:
+        """While a version trained on a new backbone (fine-tuned) is being put in place, the
+        project's embeddings come from that backbone (a worker runs one job at a time)."""
+        self._candidates[project] = backbone
+        try:
+            yield
+        finally:
+            self._candidates.pop(project, None)
+
+    def backbone_meta(self, bb: Backbone) -> dict:
+        """What a version records about its backbone; `backbone_weights` (relative to
+        MODEL_DIR) only for a project's own backbone, so the others follow BACKBONE/WEIGHTS."""
+        weights = None
+        if bb is not self.backbone:
+            weights = str(Path(bb.weights).resolve().relative_to(self.settings.model_dir.resolve()))
+        return {"backbone": bb.name, "backbone_fingerprint": bb.fingerprint,
+                "backbone_weights": weights}
 
     @cached_property
     def labelstudio(self) -> LabelStudioClient:
@@ -38,14 +86,14 @@ class Runtime:
     def versions(self, project: int) -> VersionStore:
         return VersionStore(self.settings.model_dir, project)
 
-    def store(self, project: int) -> EmbeddingStore:
+    def store(self, project: int, backbone: Backbone | None = None) -> EmbeddingStore:
+        bb = backbone or self.backbone_for(project)
         with self._lock:
-            if project not in self._stores:
-                bb = self.backbone
-                self._stores[project] = EmbeddingStore(
+            if (project, bb.fingerprint) not in self._stores:
+                self._stores[project, bb.fingerprint] = EmbeddingStore(
                     self.settings.model_dir, project, bb.fingerprint, bb.dim
                 )
-            return self._stores[project]
+            return self._stores[project, bb.fingerprint]
 
     def serving_version(self, project: int) -> str:
         return self.versions(project).serving() or UNTRAINED
@@ -63,11 +111,14 @@ class Runtime:
             return self._loaded[key]
 
     def embed(
-        self, project: int, urls: dict[int, str], progress: bool = False
+        self, project: int, urls: dict[int, str], progress: bool | None = False,
+        backbone: Backbone | None = None,
     ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+        """Embeddings by `backbone`, by default the one the serving version was trained on."""
+        bb = backbone or self.backbone_for(project)
         return embed_tasks(
-            self.backbone,
-            self.store(project),
+            bb,
+            self.store(project, bb),
             urls,
             self.labelstudio.fetch_image,
             batch_size=self.settings.batch_size,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
+from model.finetune import FinetuneConfig
 from model.promotion import check_metric
 from model.training import TrainConfig
 
@@ -92,6 +94,17 @@ class Settings(BaseSettings):
     promotion_min_heldout: int = Field(
         20, ge=0, description="Fewer shared held-out tasks than this: promote without comparing."
     )
+    finetune_every: int = Field(
+        0, ge=0, description="Fine-tune the backbone every this many new labels (a background "
+        "job); 0: only `python -m ml_backend finetune`.",
+    )
+    finetune_epochs: int = Field(3, ge=1, description="Epochs of a backbone fine-tune.")
+    finetune_loss: Literal["ce", "triplet"] = Field(
+        "ce", description="Fine-tuning loss: ce (cross-entropy) or triplet (batch-hard)."
+    )
+    finetune_sampler: Literal["pk", "plain"] = Field(
+        "pk", description="Fine-tuning batches: pk (P classes x K images) or plain (shuffled)."
+    )
     log_level: str = Field("INFO", description="Python logging level.")
 
     @field_validator("image_hosts", mode="before")
@@ -121,6 +134,10 @@ class Settings(BaseSettings):
             metric=self.promotion_metric, tolerance=self.promotion_tolerance,
             min_heldout=self.promotion_min_heldout,
         )
+
+    def finetune_config(self) -> FinetuneConfig:
+        return FinetuneConfig(epochs=self.finetune_epochs, loss=self.finetune_loss,
+                              sampler=self.finetune_sampler, seed=self.seed)
 
     @field_validator("label_studio_url")
     @classmethod

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,6 +123,33 @@ def file_digest(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:12]
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """Short digest of a state dict's names and values (torch.save's bytes are not stable)."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        h.update(key.encode())
+        h.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def save_weights(folder: Path, name: str, state: dict[str, torch.Tensor]) -> Path:
+    """Write a backbone state dict as `<folder>/<name>-<digest>.pth`, atomically; the same
+    weights always land in the same file (and so keep their fingerprint and embeddings)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-{state_digest(state)}.pth"
+    if path.is_file():
+        return path
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
 
 
 @dataclass

@@ -203,3 +203,42 @@ def embed_tasks(
     flush()
     bar.close()
     return out, errors
+
+
+def embed_files(
+    backbone,
+    paths: Iterable[Path],
+    *,
+    batch_size: int = 32,
+    workers: int | None = None,
+) -> Iterator[tuple[Path, np.ndarray | None, str | None]]:
+    """`(path, vector, None)`, or `(path, None, error)` for a file that cannot be read as an
+    image, for every path; decoding runs ahead of the forward pass as in `embed_tasks`.
+    Errors come out as soon as they are found, vectors a batch at a time."""
+    from model.images import decode_image
+
+    def load(path: Path):
+        try:
+            img = decode_image(Path(path).read_bytes(), target=backbone.resize_size)
+            return path, backbone.preprocess(img), None
+        except Exception as exc:  # one unreadable file never stops the others
+            return path, None, str(exc) or type(exc).__name__
+
+    batch: list[tuple[Path, torch.Tensor]] = []
+
+    def flush():
+        vecs = backbone.embed_tensors(torch.stack([x for _, x in batch]))
+        out = [(p, v, None) for (p, _), v in zip(batch, vecs)]
+        batch.clear()
+        return out
+
+    for path, tensor, err in prefetch_map(load, paths, workers or default_workers(),
+                                          ahead=2 * batch_size):
+        if err is not None:
+            yield path, None, err
+            continue
+        batch.append((path, tensor))
+        if len(batch) >= batch_size:
+            yield from flush()
+    if batch:
+        yield from flush()
