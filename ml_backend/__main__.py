@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -49,6 +50,25 @@ def _seed(args: argparse.Namespace) -> None:
         print(f"{len(out['image_errors'])} images could not be loaded; they are served last.")
 
 
+def _simulate(args: argparse.Namespace) -> None:
+    from ml_backend.settings import get_settings
+    from ml_backend.simulation import SimConfig, format_summary, simulate
+
+    settings = get_settings()
+    config = SimConfig(
+        strategies=tuple(n.strip() for n in args.strategies.split(",") if n.strip()),
+        seed_size=args.seed_size, batch=args.batch, budget=args.budget, repeats=args.repeats,
+        test_fraction=args.test_fraction,
+        seed=settings.seed if args.seed is None else args.seed,
+    )  # fmt: skip
+    result = simulate(
+        args.data, args.out, config, backbone=args.backbone or settings.backbone,
+        weights=args.weights or settings.weights, device=settings.device, cache=args.cache,
+    )  # fmt: skip
+    print(format_summary(result.summary))
+    print(f"Wrote results.csv, summary.json and curve.png to {args.out}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from ml_backend.demo import run
 
@@ -75,6 +95,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", default="auto", choices=COLD_START_METHODS)
     p.add_argument("--dry-run", action="store_true", help="print the choice, change nothing")
     p.set_defaults(func=_seed)
+
+    p = sub.add_parser("simulate", help="compare strategies offline on a labelled image folder")
+    p.add_argument("--data", type=Path, required=True, help="one subfolder of images per class")
+    p.add_argument("--out", type=Path, required=True, help="folder for the CSV, summary, plot")
+    p.add_argument("--strategies", default="auto,margin,entropy,kcenter,random")
+    p.add_argument("--seed-size", type=int, default=20, help="labels chosen before any model")
+    p.add_argument("--batch", type=int, default=20, help="labels added per round")
+    p.add_argument("--budget", type=int, default=None,
+                   help="labels at the end (default: seed size + 20 batches)")
+    p.add_argument("--repeats", type=int, default=3, help="test splits to average over")
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--backbone", default=None, help="overrides BACKBONE")
+    p.add_argument("--weights", default=None, help="overrides WEIGHTS")
+    p.add_argument("--seed", type=int, default=None, help="overrides SEED")
+    p.add_argument("--cache", type=Path, default=None, help="embedding cache (default OUT/cache)")
+    p.set_defaults(func=_simulate)
 
     p = sub.add_parser("demo", help="start Redis (if needed), the server and a worker")
     p.add_argument("--host", default="127.0.0.1")

@@ -1,0 +1,199 @@
+"""Offline simulation: the files a user reads, the loop's invariants, and one-line errors."""
+
+import csv
+import json
+import logging
+import math
+
+import pytest
+
+from ml_backend.__main__ import main
+from ml_backend.simulation import (
+    CSV_COLUMNS,
+    SimConfig,
+    labels_to_reach,
+    median_or_none,
+    read_file,
+    simulate,
+    summarise,
+)
+from tests.images import COLOURS, png_bytes
+
+PER_CLASS = 10
+CONFIG = SimConfig(strategies=("auto", "margin", "random"), seed_size=6, batch=3, budget=12,
+                   repeats=2, test_fraction=0.2)  # fmt: skip
+ROUNDS = [6, 9, 12]
+BROKEN = 4  # unreadable files in the folder
+
+
+def make_folder(root, classes=tuple(COLOURS), per_class=PER_CLASS):
+    for c, label in enumerate(classes):
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            (root / label / f"{i:02d}.png").write_bytes(png_bytes(label, seed=100 * c + i))
+    return root
+
+
+class CountingFetch:
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, path: str) -> bytes:
+        self.calls += 1
+        return read_file(path)
+
+
+def run(data, out, cache, fetch, config=CONFIG):
+    return simulate(data, out, config, backbone="mobilenet_v3_small", weights="none",
+                    device="cpu", cache=cache, fetch=fetch, progress=False)  # fmt: skip
+
+
+class Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    """Two runs on one folder sharing a cache; the second one as small as possible.
+
+    Returns (first result, its out folder, first run's fetch, second run's fetch, warnings).
+    """
+    root = tmp_path_factory.mktemp("sim")
+    data = make_folder(root / "images")
+    for i in range(BROKEN):
+        (data / "red" / f"broken{i}.png").write_bytes(b"not an image")
+    first, second, warnings = CountingFetch(), CountingFetch(), Lines()
+    logger = logging.getLogger("ml_backend.simulation")
+    logger.addHandler(warnings)
+    try:
+        result = run(data, root / "out", root / "cache", first)
+    finally:
+        logger.removeHandler(warnings)
+    tiny = SimConfig(strategies=("random",), seed_size=6, batch=6, budget=6, repeats=1)
+    run(data, root / "out2", root / "cache", second, tiny)
+    return result, root / "out", first, second, warnings.lines
+
+
+def test_csv_has_one_row_per_strategy_repeat_and_round(sim):
+    result, out, _, _, _ = sim
+    with (out / "results.csv").open() as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+    assert set(CSV_COLUMNS) >= {"strategy", "repeat", "n_labels", "accuracy", "macro_f1"}
+    assert tuple(reader.fieldnames) == CSV_COLUMNS
+    assert len(rows) == len(CONFIG.strategies) * CONFIG.repeats * len(ROUNDS)
+    for strategy in CONFIG.strategies:
+        for rep in range(CONFIG.repeats):
+            curve = [r for r in rows if r["strategy"] == strategy and r["repeat"] == str(rep)]
+            assert [int(r["n_labels"]) for r in curve] == ROUNDS  # grows by batch to the budget
+            assert all(0 <= float(r["accuracy"]) <= 1 for r in curve)
+            assert all(0 <= float(r["macro_f1"]) <= 1 for r in curve)
+
+
+def test_test_split_is_never_labelled_and_labels_are_distinct(sim):
+    result, _, _, _, _ = sim
+    n_test = math.ceil(len(result.files) * CONFIG.test_fraction)
+    for (strategy, rep), order in result.labelled.items():
+        test = set(result.test[rep].tolist())
+        assert len(test) == n_test
+        assert len(order) == len(set(order.tolist())) == CONFIG.budget
+        assert not test & set(order.tolist()), strategy
+    # the split is stratified: every class is in every test split
+    for test in result.test:
+        assert set(result.labels[test].tolist()) == {0, 1, 2}
+
+
+def test_seed_batch_without_a_model_follows_ranks_rules(sim):
+    result, _, _, _, _ = sim
+    first = {(r["strategy"], r["repeat"]): r["selected_by"] for r in result.rows if r["round"] == 0}
+    later = {r["selected_by"] for r in result.rows if r["strategy"] == "margin" and r["round"] > 0}
+    for rep in range(CONFIG.repeats):
+        assert first[("auto", rep)] in {"typiclust", "kcenter"}
+        assert first[("margin", rep)] == "random"  # needs probabilities: random seed batch
+    assert later == {"margin"}
+
+
+def test_embeddings_are_cached_between_runs(sim):
+    _, _, first, second, _ = sim
+    assert first.calls == 3 * PER_CLASS + BROKEN  # every file once, broken ones included
+    assert second.calls == BROKEN  # only the unreadable files, which have nothing cached
+
+
+def test_unreadable_images_are_skipped_and_reported_in_one_line(sim):
+    result, _, _, _, warnings = sim
+    assert len(result.files) == 3 * PER_CLASS
+    assert sorted(p.split("/")[-1] for p in result.skipped) == [f"broken{i}.png" for i in range(4)]
+    assert len(warnings) == 1 and "skipped 4 unreadable image(s): " in warnings[0]
+    assert warnings[0].count("broken") == 3 and warnings[0].endswith(", ...")
+
+
+def test_summary_and_plot(sim):
+    result, out, _, _, _ = sim
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary == json.loads(json.dumps(result.summary))
+    assert set(summary["strategies"]) == set(CONFIG.strategies)
+    assert len(summary["full_data_accuracy"]["per_repeat"]) == CONFIG.repeats
+    for entry in summary["strategies"].values():
+        assert set(entry["labels_to_reach"]) == {"90%", "95%", "99%"}
+        assert set(entry["ratio_to_random"]) == {"90%", "95%", "99%"}
+        for reach in entry["labels_to_reach"].values():
+            assert len(reach["per_repeat"]) == CONFIG.repeats
+            assert all(n is None or n in ROUNDS for n in reach["per_repeat"])
+    assert summary["strategies"]["random"]["ratio_to_random"]["90%"] in (1.0, None)
+    png = (out / "curve.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+
+def test_labels_needed_median_and_ratio_to_random():
+    def curve(strategy, rep, accs):
+        return [{"strategy": strategy, "repeat": rep, "n_labels": 10 * (i + 1), "accuracy": a}
+                for i, a in enumerate(accs)]  # fmt: skip
+
+    rows = (curve("auto", 0, [0.5, 0.95, 1.0]) + curve("auto", 1, [0.9, 0.99, 1.0])
+            + curve("auto", 2, [0.2, 0.3, 0.4])
+            + curve("random", 0, [0.5, 0.6, 1.0]) + curve("random", 1, [0.5, 0.6, 0.99])
+            + curve("random", 2, [0.5, 0.6, 0.7]))  # fmt: skip
+    assert labels_to_reach(rows[:3], 0.95) == 20 and labels_to_reach(rows[:3], 1.01) is None
+    assert median_or_none([10, None, 30]) == 30 and median_or_none([10, None, None]) is None
+    s = summarise(rows, full=[1.0, 1.0, 1.0], strategies=["auto", "random"])
+    assert s["auto"]["labels_to_reach"]["90%"] == {"per_repeat": [20, 10, None], "median": 20}
+    assert s["random"]["labels_to_reach"]["90%"]["median"] == 30
+    assert s["auto"]["ratio_to_random"]["90%"] == pytest.approx(20 / 30)
+    assert s["auto"]["labels_to_reach"]["99%"]["per_repeat"] == [30, 20, None]
+    assert s["random"]["labels_to_reach"]["99%"]["per_repeat"] == [30, 30, None]
+    assert s["auto"]["seed_batch_accuracy"]["per_repeat"] == [0.5, 0.9, 0.2]
+
+
+def one_line_error(capsys, *args) -> str:
+    assert main(["simulate", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+def test_errors_are_one_line(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    assert "holds no images" in one_line_error(capsys, "--data", str(tmp_path / "empty"),
+                                               "--out", out)  # fmt: skip
+    assert "is not a folder" in one_line_error(capsys, "--data", str(tmp_path / "nope"),
+                                               "--out", out)  # fmt: skip
+    single = make_folder(tmp_path / "single", classes=("red",))
+    assert "single class" in one_line_error(capsys, "--data", str(single), "--out", out)
+    data = str(make_folder(tmp_path / "images"))  # 30 images: 24 train, 6 test
+    cases = {
+        ("--budget", "25"): "budget 25 exceeds the training split (24 images)",
+        ("--seed-size", "30", "--budget", "30"): "seed size 30 exceeds the training split",
+        ("--seed-size", "10", "--budget", "5"): "budget 5 is smaller than the seed size 10",
+        ("--batch", "0"): "batch must be at least 1",
+        ("--test-fraction", "1.5"): "test fraction must be between 0 and 1",
+        ("--strategies", "auto,best"): "unknown strategy 'best'",
+    }
+    for extra, message in cases.items():
+        assert message in one_line_error(capsys, "--data", data, "--out", out, *extra)
+    assert not (tmp_path / "out").exists()  # refused before any work
