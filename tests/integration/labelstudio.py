@@ -172,6 +172,49 @@ class LSApi:
     def predictions(self, task_id: int) -> list[dict[str, Any]]:
         return self.get("/api/predictions/", params={"task": task_id})
 
+    def project_predictions(self, project_id: int) -> list[dict[str, Any]]:
+        """Every prediction of the project, of every model version."""
+        return self.get("/api/predictions/", params={"project": project_id})
+
+    def next_task(self, project_id: int) -> dict[str, Any] | None:
+        """What "Label All Tasks" serves this user next (`GET /api/projects/{id}/next/`), now
+        locked for them; None when nothing is left for them."""
+        path = f"/api/projects/{project_id}/next/"
+        r = self.http.get(path)
+        if r.status_code == 404:
+            return None
+        if r.status_code != 200:
+            raise LSApiError(f"GET {path} -> {r.status_code}: {r.text[:2000]}")
+        return r.json()
+
+    def import_tasks(self, project_id: int, tasks: list[dict[str, Any]]) -> list[int]:
+        """`POST /api/projects/{id}/import` (LS sends TASKS_CREATED); the new tasks' ids."""
+        body = self.post(
+            f"/api/projects/{project_id}/import", params={"return_task_ids": "true"}, json=tasks
+        )
+        return list(body["task_ids"])
+
+
+def sign_up(admin: LSApi, email: str, password: str) -> str:
+    """Create a user in the admin's organization through the invite link, as a person would
+    (LS 1.23 community has no API that returns another user's token); their legacy token."""
+    invite = admin.get("/api/invite")
+    with httpx.Client(base_url=admin.url, timeout=admin.http.timeout) as browser:
+        browser.get("/user/signup/", params={"token": invite["token"]})  # sets the CSRF cookie
+        r = browser.post(
+            "/user/signup/",
+            params={"token": invite["token"]},
+            data={"email": email, "password": password,
+                  "csrfmiddlewaretoken": browser.cookies.get("csrftoken", "")},
+            headers={"Referer": f"{admin.url}/user/signup/"},
+        )  # fmt: skip
+        if r.status_code != 302:
+            raise LSApiError(f"sign-up of {email} -> {r.status_code}: {r.text[:2000]}")
+        r = browser.get("/api/current-user/token")  # the session the sign-up logged in
+        if r.status_code != 200:
+            raise LSApiError(f"token of {email} -> {r.status_code}: {r.text[:2000]}")
+        return r.json()["token"]
+
 
 def choice_result(choice: str, from_name: str = "label", to_name: str = "image") -> dict:
     return {

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import time
 from typing import Any
 
-from .backend import Backend
+from .backend import Backend, backend_env
 from .dataset import LSProject
-from .procs import wait_until
+from .procs import REPO_ROOT, wait_until
 
 TRAIN_TIMEOUT = 180.0
+SEED_TIMEOUT = 300.0  # a fresh process imports torch and embeds every image
 
 
 def connect_backend(project: LSProject, backend: Backend, title: str = "al-backend") -> dict:
@@ -92,3 +96,29 @@ def timed(fn, *args, **kwargs) -> tuple[Any, float]:
     start = time.perf_counter()
     value = fn(*args, **kwargs)
     return value, time.perf_counter() - start
+
+
+def run_seed(
+    project: LSProject, backend: Backend, ls_url: str, token: str, size: int,
+    method: str = "auto", timeout: float = SEED_TIMEOUT,
+) -> list[int]:
+    """`python -m ml_backend seed` as a user runs it, with the backend's settings (same model
+    dir, so the worker reuses its embeddings); the chosen tasks, first to be served first."""
+    env = backend_env(ls_url, token, backend.redis_url, backend.model_dir)
+    argv = [sys.executable, "-m", "ml_backend", "seed", "--project", str(project.id),
+            "--size", str(size), "--method", method]  # fmt: skip
+    done = subprocess.run(argv, env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=timeout, check=False)  # fmt: skip
+    if done.returncode != 0:
+        raise AssertionError(f"seed exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+    chosen = [int(m) for m in re.findall(r"^\s*\d+\. task (\d+)\s", done.stdout, re.MULTILINE)]
+    if len(chosen) != size:
+        raise AssertionError(f"seed printed {len(chosen)} tasks, not {size}:\n{done.stdout}")
+    return chosen
+
+
+def served_order(project: LSProject, version: str) -> list[int]:
+    """The project's tasks with a prediction of `version`, lowest score (served first) first."""
+    preds = [p for p in project.api.project_predictions(project.id)
+             if p["model_version"] == version]  # fmt: skip
+    return [p["task"] for p in sorted(preds, key=lambda p: (p["score"], p["task"]))]
