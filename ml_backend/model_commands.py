@@ -29,6 +29,7 @@ from model.embeddings import embed_files
 from model.export import (
     export_torchscript,
     is_torchscript,
+    load_torchscript,
     read_labels,
     readme,
     split_state_dict,
@@ -123,7 +124,7 @@ def export(rt: Runtime, project: int, out: Path, name: str | None = None) -> dic
 
 def _check_export(path: Path, bb: Backbone, model: ModelVersion) -> None:
     """The exported file must give the live path's probabilities (or nothing is written)."""
-    loaded = torch.jit.load(str(path), map_location="cpu")
+    loaded = load_torchscript(path)
     x = torch.randn(2, 3, bb.input_size, bb.input_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         got = loaded(x).numpy()

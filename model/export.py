@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -52,7 +55,8 @@ def preprocessing(backbone: Backbone) -> dict:
 def export_torchscript(backbone: Backbone, version: ModelVersion, path: Path) -> dict:
     """Write `version` on `backbone` as one TorchScript file; returns the info stored in it."""
     module = Classifier(copy.deepcopy(backbone.net).cpu(), copy.deepcopy(version.head)).eval()
-    scripted = torch.jit.script(module)
+    with _quiet_torchscript():
+        scripted = torch.jit.script(module)
     info = {
         "format": "al-backend-torchscript/1",
         "classes": version.classes,
@@ -63,8 +67,23 @@ def export_torchscript(backbone: Backbone, version: ModelVersion, path: Path) ->
         "head_config": version.head.config,
         "preprocessing": preprocessing(backbone),
     }
-    torch.jit.save(scripted, str(path), _extra_files={INFO_FILE: json.dumps(info)})
+    with _quiet_torchscript():
+        torch.jit.save(scripted, str(path), _extra_files={INFO_FILE: json.dumps(info)})
     return info
+
+
+def load_torchscript(path: Path, extra: dict[str, str] | None = None) -> torch.jit.ScriptModule:
+    with _quiet_torchscript():
+        return torch.jit.load(str(path), map_location="cpu", _extra_files=extra or {})
+
+
+@contextmanager
+def _quiet_torchscript() -> Iterator[None]:
+    """TorchScript is deprecated in favour of torch.export, but it is still what loads with
+    nothing but `torch.jit.load`; its FutureWarnings would only confuse CLI users."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
 
 
 def is_torchscript(path: Path) -> bool:
@@ -101,7 +120,7 @@ def _classifier_name(net: nn.Module) -> str:
 def split_torchscript(path: Path) -> tuple[str, dict, Head | Ensemble, list[str]]:
     """(backbone name, backbone state dict, head, classes) of a file `export` wrote."""
     extra = {INFO_FILE: ""}
-    loaded = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    loaded = load_torchscript(path, extra)
     if not extra[INFO_FILE]:
         raise ValueError(f"{path} is a TorchScript file but not one this backend exported "
                          "(it lacks model.json); import a state dict instead")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,6 +122,22 @@ def grow(old: Head | Ensemble, old_classes: list[str], classes: list[str], *, di
 
 
 MASK_WINDOWS = 1024
+SMALL_PROBLEM = 1 << 20  # training matrix elements below which one thread is faster
+
+
+@contextmanager
+def _threads_for(elements: int) -> Iterator[None]:
+    """One intra-op thread for small problems: their ops are too short to be worth splitting,
+    and on a busy machine every split op waits for a second core."""
+    threads = torch.get_num_threads()
+    if elements >= SMALL_PROBLEM or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _dropout_masks(n: int, dim: int, p: float, gen: torch.Generator) -> torch.Tensor:
@@ -189,7 +207,7 @@ def train_head(
     opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
 
     best_state, best_loss, best_epoch, epoch = None, float("inf"), 0, 0
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _threads_for(xs.numel()):
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
         for epoch in range(1, max_epochs + 1):
             head.train()

@@ -1,0 +1,109 @@
+"""The embedding store and the extraction pipeline feeding it."""
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from model.backbone import load_backbone
+from model.embeddings import EmbeddingStore, embed_files, embed_tasks, prefetch_map
+from tests.images import png_bytes
+
+WRITER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from model.store import EmbeddingStore
+    root, me = sys.argv[1], int(sys.argv[2])
+    store = EmbeddingStore(root, 1, "fp", 8)
+    print("ready", flush=True)
+    sys.stdin.readline()  # both start writing at the same moment
+    for i in range(200):
+        # Both writers store the shared hashes s<i> and their own m<me>-<i>.
+        vecs = {f"s{i}": np.full(8, i, np.float32), f"m{me}-{i}": np.full(8, me, np.float32)}
+        store.put(vecs, {me * 1000 + i: (f"/img/{i}", f"s{i}")})
+    print("done")
+""")
+
+
+def test_two_processes_writing_at_once_lose_nothing(tmp_path):
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), str(me)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for me in (1, 2)]
+    assert [p.stdout.readline().strip() for p in procs] == ["ready", "ready"]
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    store = EmbeddingStore(tmp_path, 1, "fp", 8)
+    keys = [f"s{i}" for i in range(200)] + [f"m{me}-{i}" for me in (1, 2) for i in range(200)]
+    got = store.get(keys)
+    assert len(got) == 600
+    assert all(got[f"s{i}"][0] == i for i in range(200))
+    tasks = {me * 1000 + i: f"/img/{i}" for me in (1, 2) for i in range(200)}
+    assert len(store.task_vectors(tasks)) == 400
+
+
+def test_stores_are_per_project_and_backbone_fingerprint(tmp_path):
+    a = EmbeddingStore(tmp_path, 1, "fp-a", 4)
+    a.put({"h": np.ones(4, np.float32)}, {1: ("/x.png", "h")})
+    assert EmbeddingStore(tmp_path, 1, "fp-b", 4).task_vectors({1: "/x.png"}) == {}
+    assert EmbeddingStore(tmp_path, 2, "fp-a", 4).task_vectors({1: "/x.png"}) == {}
+    assert list(EmbeddingStore(tmp_path, 1, "fp-a", 4).task_vectors({1: "/x.png"})) == [1]
+
+
+def test_prefetch_stays_a_bounded_distance_ahead_and_keeps_order():
+    loaded, consumed = [], []
+    lock = threading.Lock()
+
+    def load(i):
+        with lock:
+            loaded.append(i)
+        return i
+
+    ahead_seen = []
+    for item in prefetch_map(load, range(100), workers=4, ahead=5):
+        time.sleep(0.002)  # a slow consumer (the forward pass)
+        with lock:
+            ahead_seen.append(len(loaded) - len(consumed))
+        consumed.append(item)
+    assert consumed == list(range(100))
+    assert max(ahead_seen) <= 6  # never the whole pool decoded ahead
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone():
+    return load_backbone("mobilenet_v3_small", "none")
+
+
+def test_an_image_known_by_content_is_neither_decoded_nor_embedded_again(tmp_path, tiny_backbone,
+                                                                         monkeypatch):
+    store = EmbeddingStore(tmp_path, 1, tiny_backbone.fingerprint, tiny_backbone.dim)
+    images = {"/a.png": png_bytes("red", 1), "/b.png": png_bytes("blue", 2)}
+    first, _ = embed_tasks(tiny_backbone, store, {1: "/a.png", 2: "/b.png"}, images.__getitem__)
+    embedded = []
+    real = tiny_backbone.embed_tensors
+    monkeypatch.setattr(tiny_backbone, "embed_tensors",
+                        lambda batch: embedded.append(len(batch)) or real(batch))
+    # New tasks, same bytes under other URLs: fetched (to hash them), not embedded.
+    images |= {"/a2.png": images["/a.png"], "/c.png": png_bytes("green", 3)}
+    vecs, errors = embed_tasks(tiny_backbone, store, {3: "/a2.png", 4: "/c.png"},
+                               images.__getitem__)
+    assert errors == {} and embedded == [1]
+    np.testing.assert_array_equal(vecs[3], first[1])
+    assert set(store.task_vectors({3: "/a2.png", 4: "/c.png"})) == {3, 4}
+
+
+def test_embed_files_reports_unreadable_files_and_embeds_the_rest(tmp_path, tiny_backbone):
+    (tmp_path / "a.png").write_bytes(png_bytes("red", 1))
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "b.png").write_bytes(png_bytes("blue", 2))
+    paths = [tmp_path / n for n in ("a.png", "bad.jpg", "b.png", "missing.png")]
+    out = {p.name: (v, e) for p, v, e in embed_files(tiny_backbone, paths, batch_size=2)}
+    assert out["a.png"][0].shape == (tiny_backbone.dim,) and out["b.png"][1] is None
+    assert "decode" in out["bad.jpg"][1] and out["missing.png"][0] is None
