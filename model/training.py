@@ -34,8 +34,8 @@ class TrainConfig:
 
 def _unit_hash(tasks: np.ndarray, seed: int) -> np.ndarray:
     """A fixed pseudo-random number in [0, 1) per task id (splitmix64), independent of order."""
-    z = tasks.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore"):  # splitmix64 relies on wrapping uint64 arithmetic
+        z = tasks.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
