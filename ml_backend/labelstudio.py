@@ -39,6 +39,8 @@ class LabelStudioClient:
         self._http.close()
 
     def _headers(self) -> dict[str, str]:
+        if not self.settings.label_studio_api_key.get_secret_value():
+            return {}  # the SDK would send an invalid "Token " header
         return self.sdk._client_wrapper.get_headers()
 
     # -- projects and tasks -------------------------------------------------------------
@@ -81,6 +83,22 @@ class LabelStudioClient:
     def retitle_backend(self, backend: dict, title: str) -> None:
         """Label Studio answers 500 unless a PATCH of an ML backend also carries url and project."""
         self.sdk.ml.update(id=backend["id"], url=backend["url"], project=backend["project"], title=title)
+
+    def set_webhook_headers(self, project: int, urls: set[str], headers: dict[str, str]) -> int:
+        """Add `headers` to the project's webhooks posting to one of `urls`; how many changed.
+
+        Label Studio creates the webhook to <backend>/webhook when the backend is connected, with
+        no headers, and sends a webhook's stored headers with every event.
+        """
+        wanted = {u.rstrip("/") for u in urls}
+        changed = 0
+        for hook in self.sdk.webhooks.list(project=str(project)):
+            stored = hook.headers if isinstance(hook.headers, dict) else {}
+            if (hook.project == project and (hook.url or "").rstrip("/") in wanted
+                    and any(stored.get(k) != v for k, v in headers.items())):
+                self.sdk.webhooks.update(id=hook.id, headers=stored | headers)
+                changed += 1
+        return changed
 
     def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
         resp = self._http.request(method, self.url + path, headers=self._headers(), timeout=60, **kwargs)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
@@ -23,6 +23,7 @@ from rq import Queue
 from ml_backend import jobs, status_page
 from ml_backend.label_config import UnsupportedConfig, parse_label_config
 from ml_backend.runtime import Runtime
+from ml_backend.security import BodyLimit, authorizer
 from ml_backend.settings import Settings
 from model.versions import UNTRAINED, projects
 
@@ -38,19 +39,24 @@ RETRAIN_EVENTS = {
 }
 
 
+MAX_ID = 2**63 - 1  # Label Studio's ids are database integers
+ProjectPath = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+
 def project_id(value: Any) -> int:
     """Label Studio sends `"<id>.<created timestamp>"`, an int, or a project object."""
+    raw = value
     if isinstance(value, dict):
         value = value.get("id")
     if isinstance(value, bool):
         value = None
-    if isinstance(value, int) and value > 0:
-        return value
     if isinstance(value, str):
         head = value.split(".", 1)[0]
-        if head.isdigit() and int(head) > 0:
-            return int(head)
-    raise HTTPException(422, f"cannot read a project id from {value!r}")
+        value = int(head) if head.isascii() and head.isdigit() and len(head) <= 19 else None
+    if isinstance(value, int) and 0 < value <= MAX_ID:
+        return value
+    shown = "an out-of-range number" if isinstance(raw, int) else repr(raw)[:60]
+    raise HTTPException(422, f"cannot read a project id from {shown}")
 
 
 class SetupRequest(BaseModel):
@@ -64,7 +70,7 @@ class SetupRequest(BaseModel):
 
 class PredictTask(BaseModel):
     model_config = ConfigDict(extra="allow")
-    id: int
+    id: int = Field(ge=1, le=MAX_ID)
     data: dict[str, Any] = Field(default_factory=dict)
     project: int | None = None
 
@@ -88,7 +94,13 @@ class WebhookEvent(BaseModel):
 def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     """The ASGI app; tests pass their own settings (and may pass a prepared runtime)."""
     rt = runtime or Runtime(settings)
-    app = FastAPI(title="Active-learning backend for Label Studio", version="0.1.0")
+    # Every route, the schema included, sits behind the optional auth (security.py).
+    app = FastAPI(
+        title="Active-learning backend for Label Studio", version="0.1.0",
+        dependencies=[Depends(authorizer(settings))],
+        openapi_url=None, docs_url=None, redoc_url=None,
+    )
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.state.runtime = rt
     registry = CollectorRegistry()
     requests = Counter("al_requests", "Requests by endpoint", ["endpoint"], registry=registry)
@@ -104,9 +116,14 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             )
         return redis_client["conn"]
 
+    def remember(project: int) -> None:
+        """A folder for the project: the worker's reconciliation checks every project with one."""
+        rt.versions(project).root.mkdir(parents=True, exist_ok=True)
+
     @app.exception_handler(HTTPException)
     async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code,
+                            headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -119,6 +136,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error")
         return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi() -> dict:
+        return app.openapi()
 
     @app.get("/health")
     def health() -> dict:
@@ -133,6 +154,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             parse_label_config(body.schema_)
         except UnsupportedConfig as exc:
             raise HTTPException(422, f"unsupported label config: {exc}") from None
+        remember(project)
         return {"model_version": rt.serving_version(project)}
 
     @app.post("/predict")
@@ -175,6 +197,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
                 outcome = jobs.enqueue_retrain(redis(), settings, project, event.action)
         except RedisError as exc:
             enqueued.labels("redis_down").inc()
+            remember(project)  # reconciliation retrains it once Redis is back
             log.error("webhook %s for project %s not queued: %s", event.action, project, exc)
             return JSONResponse(
                 {"detail": "job queue unavailable, retry later", "project": project},
@@ -229,11 +252,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         }
 
     @app.get("/status/{project}")
-    def status(project: int) -> dict:
+    def status(project: ProjectPath) -> dict:
         return project_status(project)
 
     @app.get("/status/{project}/curve.png")
-    def curve(project: int) -> Response:
+    def curve(project: ProjectPath) -> Response:
         png = status_page.learning_curve_png(project_status(project)["versions"])
         return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 

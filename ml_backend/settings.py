@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
@@ -44,11 +44,29 @@ class Settings(BaseSettings):
     )
     image_max_bytes: int = Field(50_000_000, ge=1, description="Largest image file fetched.")
     image_timeout: float = Field(20.0, gt=0, description="Seconds allowed to fetch one image.")
+    basic_auth_user: str = Field(
+        "", description="HTTP basic auth user every endpoint requires (with BASIC_AUTH_PASS)."
+    )
+    basic_auth_pass: SecretStr = Field(SecretStr(""), description="HTTP basic auth password.")
+    webhook_secret: SecretStr = Field(
+        SecretStr(""), description="Shared secret /webhook accepts in the X-Webhook-Secret header."
+    )
+    max_request_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)."
+    )
     retrain_lock_ttl: int = Field(
         1800, ge=10, description="Seconds after which a dead worker's retrain lock expires."
     )
     retrain_lock_wait: int = Field(
         3600, ge=1, description="Seconds a queued retrain waits for the running one to finish."
+    )
+    job_retries: int = Field(3, ge=0, description="Retries of a failed job (Label Studio down).")
+    job_retry_delay: int = Field(
+        10, ge=1, description="Seconds before the first retry; doubles for each further one."
+    )
+    reconcile_interval: int = Field(
+        300, ge=0, description="Seconds between a worker's checks that every project's serving "
+        "version has Label Studio's current labels; 0: only `python -m ml_backend reconcile`.",
     )
     strategy: str = Field("auto", description="Sampling strategy that orders the queue.")
     queue_batch: int = Field(
@@ -138,6 +156,18 @@ class Settings(BaseSettings):
     def finetune_config(self) -> FinetuneConfig:
         return FinetuneConfig(epochs=self.finetune_epochs, loss=self.finetune_loss,
                               sampler=self.finetune_sampler, seed=self.seed)
+
+    @model_validator(mode="after")
+    def _check_basic_auth(self) -> Settings:
+        password = self.basic_auth_pass.get_secret_value()
+        if bool(self.basic_auth_user) != bool(password):
+            raise ValueError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
+        # Clients encode basic auth differently beyond ASCII (Label Studio: latin-1, FastAPI
+        # decodes ASCII), and a colon ends the user name.
+        if not (self.basic_auth_user + password).isascii() or ":" in self.basic_auth_user:
+            raise ValueError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be ASCII, the user "
+                             "without ':'")
+        return self
 
     @field_validator("label_studio_url")
     @classmethod
