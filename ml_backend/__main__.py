@@ -26,6 +26,7 @@ def _worker(args: argparse.Namespace) -> None:
     from redis import Redis
     from rq import SimpleWorker
 
+    from ml_backend import reconcile
     from ml_backend.jobs import runtime
     from ml_backend.settings import get_settings
 
@@ -33,8 +34,31 @@ def _worker(args: argparse.Namespace) -> None:
     connection = Redis.from_url(settings.redis_url)
     connection.ping()
     runtime().backbone  # load once, before the first job, so retrains start warm
+    if not args.burst:
+        reconcile.start(settings)  # catches what webhooks missed, now and every interval
     worker = SimpleWorker([settings.queue_name], connection=connection)
     worker.work(with_scheduler=True, burst=args.burst, logging_level=args.log_level)
+
+
+def _reconcile(args: argparse.Namespace) -> None:
+    from redis import Redis
+
+    from ml_backend import reconcile
+    from ml_backend.jobs import runtime
+    from model.versions import projects
+
+    rt = runtime()
+    ids = [args.project] if args.project else projects(rt.settings.model_dir)
+    if not ids:
+        print(f"No project known under {rt.settings.model_dir}; pass --project ID.")
+    redis = Redis.from_url(rt.settings.redis_url)
+    for project in ids:
+        out = reconcile.check(rt, redis, project)
+        state = ("in step" if out["status"] == "in step"
+                 else f"labels changed since the newest version: retrain {out['status']}")
+        secured = out["webhooks_secured"]
+        print(f"project {project}: {out['labels']} labels in Label Studio, {state}"
+              + (f"; secured {secured} webhook(s)" if secured else ""))
 
 
 def _seed(args: argparse.Namespace) -> None:
@@ -111,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None, help="overrides SEED")
     p.add_argument("--cache", type=Path, default=None, help="embedding cache (default OUT/cache)")
     p.set_defaults(func=_simulate)
+
+    p = sub.add_parser("reconcile", help="queue a retrain where Label Studio's labels differ "
+                       "from those of the newest version")
+    p.add_argument("--project", type=int, default=None, help="default: every known project")
+    p.set_defaults(func=_reconcile)
 
     p = sub.add_parser("demo", help="start Redis (if needed), the server and a worker")
     p.add_argument("--host", default="127.0.0.1")

@@ -21,8 +21,8 @@ from redis.exceptions import LockError
 from rq import Queue, Retry, get_current_job
 
 from ml_backend import priorities
-from ml_backend.label_config import parse_label_config
-from ml_backend.pool import build_pool
+from ml_backend.label_config import LabelConfig, parse_label_config
+from ml_backend.pool import Pool, build_pool
 from ml_backend.runtime import Runtime
 from ml_backend.settings import Settings, get_settings
 from model.training import train_candidate
@@ -51,7 +51,7 @@ def annotations_key(project: int) -> str:
 
 
 def enqueue(redis: Redis, settings: Settings, kind: str, project: int, reason: str) -> dict:
-    """Queue job `kind` ("retrain" or "prioritize") for `project` unless one is waiting already."""
+    """Queue job `kind` (a key of JOBS) for `project` unless one is waiting already."""
     if not redis.set(pending_key(project, kind), reason, nx=True, ex=settings.retrain_lock_wait):
         return {"status": "coalesced", "job": kind, "project": project}
     job = Queue(settings.queue_name, connection=redis).enqueue(
@@ -60,11 +60,20 @@ def enqueue(redis: Redis, settings: Settings, kind: str, project: int, reason: s
         reason,
         job_id=f"{kind}-{project}-{uuid.uuid4().hex[:8]}",
         job_timeout=settings.retrain_lock_ttl,
-        retry=Retry(max=3, interval=[10, 30, 60]),
+        retry=retry_policy(settings),
         result_ttl=3600,
         failure_ttl=7 * 86400,
     )
     return {"status": "queued", "job": kind, "project": project, "job_id": job.id}
+
+
+def retry_policy(settings: Settings) -> Retry | None:
+    """JOB_RETRIES retries, JOB_RETRY_DELAY seconds apart at first and doubling (Label Studio
+    down for a while should not cost the annotations' retrain)."""
+    if settings.job_retries < 1:
+        return None
+    return Retry(max=settings.job_retries,
+                 interval=[settings.job_retry_delay * 2**i for i in range(settings.job_retries)])
 
 
 def enqueue_retrain(redis: Redis, settings: Settings, project: int, reason: str) -> dict:
@@ -113,7 +122,9 @@ def _run_locked(kind: str, project: int, reason: str, work) -> dict:
         entry |= {"status": "finished", **result}
         return result
     except Exception as exc:
-        entry |= {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        # RQ runs it again while retries are left; only the last attempt is a failure.
+        status = "retrying" if (job.retries_left or 0) > 0 else "failed"
+        entry |= {"status": status, "error": f"{type(exc).__name__}: {exc}"}
         raise
     finally:
         entry["seconds"] = round(time.time() - started, 3)
@@ -126,7 +137,8 @@ def _run_locked(kind: str, project: int, reason: str, work) -> dict:
 
 def retrain(project: int, reason: str = "") -> dict:
     """RQ job: read the project's labels from Label Studio, train, store a version, reorder."""
-    return _run_locked("retrain", project, reason, _retrain)
+    force = reason in FORCED
+    return _run_locked("retrain", project, reason, lambda rt, p: _retrain(rt, p, force=force))
 
 
 def prioritize(project: int, reason: str = "") -> dict:
@@ -134,14 +146,39 @@ def prioritize(project: int, reason: str = "") -> dict:
     return _run_locked("prioritize", project, reason, _prioritize)
 
 
-JOBS = {"retrain": retrain, "prioritize": prioritize}
+# reconcile.py imports this module, so its job is named by path.
+JOBS = {"retrain": retrain, "prioritize": prioritize, "reconcile": "ml_backend.reconcile.reconcile"}
+# Reasons that retrain even when the labels are those of the newest version.
+FORCED = {"START_TRAINING"}
 
 
-def _retrain(rt: Runtime, project: int) -> dict:
-    ls = rt.labelstudio
-    config = parse_label_config(ls.label_config(project))
-    pool = build_pool(ls.tasks(project), config, annotators=frozenset(rt.settings.annotators),
+def read_pool(rt: Runtime, project: int) -> tuple[LabelConfig, Pool]:
+    """The project's label config and pool as Label Studio has them now."""
+    config = parse_label_config(rt.labelstudio.label_config(project))
+    pool = build_pool(rt.labelstudio.tasks(project), config,
+                      annotators=frozenset(rt.settings.annotators),
                       ground_truth_only=rt.settings.ground_truth_only)
+    return config, pool
+
+
+def trained_digest(rt: Runtime, project: int) -> str | None:
+    """`Pool.digest` of the labels the newest version (promoted or not) was trained on."""
+    store = rt.versions(project)
+    names = store.names()
+    return store.meta(names[-1]).get("labels_digest") if names else None
+
+
+def _retrain(rt: Runtime, project: int, *, force: bool = True) -> dict:
+    """Train a version on Label Studio's labels; unless `force`, only if they changed.
+
+    Duplicate, late or replayed webhooks (and reconciliation) then never train the same labels
+    twice.
+    """
+    config, pool = read_pool(rt, project)
+    digest = pool.digest(config.classes)
+    if not force and pool.labels and digest == trained_digest(rt, project):
+        log.info("project %s: labels unchanged since the newest version, no retrain", project)
+        return {"version": None, "unchanged": True, "n_labels": len(pool.labels)}
     if not pool.labels:
         log.info("project %s: no usable labels yet (%s)", project, dict(pool.skipped))
         return {"version": None, "n_labels": 0, "skipped": dict(pool.skipped)}
@@ -159,6 +196,7 @@ def _retrain(rt: Runtime, project: int) -> dict:
     )
     meta = candidate.meta | {
         "project": project,
+        "labels_digest": digest,
         "backbone": rt.backbone.name,
         "backbone_fingerprint": rt.backbone.fingerprint,
         "skipped": dict(pool.skipped) | ({"image errors": len(errors)} if errors else {}),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -19,6 +21,14 @@ class Pool:
     @property
     def unlabeled(self) -> list[int]:
         return [t for t in self.urls if t not in self.labels and t not in self.filtered]
+
+    def digest(self, classes: tuple[str, ...] | list[str]) -> str:
+        """What a retrain learns from: the classes, each labelled task's label and image URL.
+
+        Stored with every version, so a retrain (or reconciliation) can tell nothing changed.
+        """
+        items = sorted((t, self.labels[t], self.urls.get(t, "")) for t in self.labels)
+        return hashlib.sha256(json.dumps([list(classes), items]).encode()).hexdigest()[:32]
 
 
 # Reasons a task with annotations still has no training label because of a filter setting.

@@ -18,6 +18,7 @@ import numpy as np
 from ml_backend.label_config import LabelConfig
 from ml_backend.pool import Pool
 from ml_backend.runtime import Runtime
+from ml_backend.security import WEBHOOK_PATH, webhook_headers
 from model.head import predict_proba
 from model.versions import UNTRAINED, ModelVersion
 from sampling import rank
@@ -110,22 +111,40 @@ def switch(rt: Runtime, project: int, version: str) -> dict:
     if version in stored:
         rt.labelstudio.serve_by_priority(project, version)
     return {"retitled_backends": sync_backend_titles(rt, project, version),
-            "deleted_versions": prune_versions(rt, project, version, stored)}
+            "deleted_versions": prune_versions(rt, project, version, stored),
+            "secured_webhooks": secure_webhooks(rt, project)}
+
+
+def our_backends(rt: Runtime, project: int) -> list[dict]:
+    """The project's ML backends that are this one: BACKEND_URL, else a title or model version
+    that is one of our version names."""
+    ours = {UNTRAINED, *rt.versions(project).names()}
+    url = rt.settings.backend_url.rstrip("/") if rt.settings.backend_url else None
+    return [b for b in rt.labelstudio.ml_backends(project)
+            if ((b.get("url") or "").rstrip("/") == url if url else
+                (b.get("title") in ours or b.get("model_version") in ours))]
 
 
 def sync_backend_titles(rt: Runtime, project: int, version: str) -> int:
     """Keep the title of our connected backend equal to the version `/setup` reports."""
-    ours = {UNTRAINED, *rt.versions(project).names()}
-    url = rt.settings.backend_url.rstrip("/") if rt.settings.backend_url else None
     changed = 0
-    for backend in rt.labelstudio.ml_backends(project):
-        mine = (backend.get("url") or "").rstrip("/") == url if url else (
-            backend.get("title") in ours or backend.get("model_version") in ours
-        )
-        if mine and backend.get("title") != version:
+    for backend in our_backends(rt, project):
+        if backend.get("title") != version:
             rt.labelstudio.retitle_backend(backend, version)
             changed += 1
     return changed
+
+
+def secure_webhooks(rt: Runtime, project: int) -> int:
+    """Make the webhook Label Studio created for our /webhook send the credentials it needs
+    (WEBHOOK_SECRET, else the basic auth); nothing to do when neither is set."""
+    headers = webhook_headers(rt.settings)
+    if not headers:
+        return 0
+    urls = {(b.get("url") or "").rstrip("/") + WEBHOOK_PATH for b in our_backends(rt, project)}
+    if rt.settings.backend_url:
+        urls.add(rt.settings.backend_url.rstrip("/") + WEBHOOK_PATH)
+    return rt.labelstudio.set_webhook_headers(project, urls, headers) if urls else 0
 
 
 def prune_versions(rt: Runtime, project: int, current: str, stored: dict[str, int]) -> list[str]:

@@ -34,9 +34,9 @@ import torch
 from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
+from ml_backend.priorities import STOCHASTIC_STRATEGIES
 from model.evaluation import evaluate
 from model.head import predict_proba
-from ml_backend.priorities import STOCHASTIC_STRATEGIES
 from model.training import TrainConfig, assign_roles, fit
 from sampling import STRATEGIES, rank
 
@@ -136,7 +136,9 @@ def check_sizes(s: SimConfig, labels: np.ndarray, classes: list[str]) -> int:
             f"{len(labels)} images split {n_train}/{n_test} (train/test) cannot hold all "
             f"{len(classes)} classes on both sides; change the test fraction or add images"
         )
-    budget = s.budget if s.budget is not None else min(n_train, s.seed_size + DEFAULT_ROUNDS * s.batch)
+    budget = s.budget
+    if budget is None:
+        budget = min(n_train, s.seed_size + DEFAULT_ROUNDS * s.batch)
     if s.seed_size > n_train:
         raise ValueError(f"seed size {s.seed_size} exceeds the training split ({n_train} images)")
     if budget > n_train:
@@ -429,7 +431,7 @@ def simulate(
         "n_skipped": len(skipped),
         "classes": classes,
         "n_train": int(len(labels) - len(tests[0])),
-        "n_test": int(len(tests[0])),
+        "n_test": len(tests[0]),
         "backbone": bb.name,
         "weights": weights,
         "backbone_fingerprint": bb.fingerprint,
@@ -456,6 +458,7 @@ def format_summary(summary: dict) -> str:
         cells = ""
         for k in keys:
             n, ratio = e["labels_to_reach"][k]["median"], e["ratio_to_random"][k]
-            cells += f"{'-' if n is None else f'{n:.0f}':>9}{'-' if ratio is None else f'{ratio:.2f}':>7}"
+            need = "-" if n is None else f"{n:g}"
+            cells += f"{need:>9}{'-' if ratio is None else f'{ratio:.2f}':>7}"
         lines.append(f"{name:<16}{e['seed_batch_accuracy']['median']:>9.3f}{cells}")
     return "\n".join(lines)

@@ -24,6 +24,12 @@ class FakeLabelStudio:
             {"id": 2, "url": "http://other:9090", "project": 1, "title": "someone else's",
              "model_version": "x"},
         ]
+        # Label Studio adds a webhook to <backend url>/webhook, without headers, on connecting.
+        self.hooks: list[dict] = [
+            {"id": 1, "project": 1, "url": "http://backend:9090/webhook", "headers": {}},
+            {"id": 2, "project": 1, "url": "http://other:9090/webhook", "headers": {}},
+        ]
+        self.down = False  # True: every call fails as if Label Studio were unreachable
         tid = 0
         for label in ("red", "green", "blue"):
             for i in range(n_per_class):
@@ -43,6 +49,8 @@ class FakeLabelStudio:
         }
 
     def label_config(self, project: int) -> str:
+        if self.down:
+            raise ConnectionError("[Errno 111] Connection refused")
         return self.config
 
     def tasks(self, project: int, *, only_annotated: bool = False):
@@ -76,6 +84,15 @@ class FakeLabelStudio:
 
     def ml_backends(self, project: int) -> list[dict]:
         return [dict(b) for b in self.backends]
+
+    def set_webhook_headers(self, project: int, urls: set[str], headers: dict[str, str]) -> int:
+        changed = 0
+        for hook in self.hooks:
+            if (hook["project"] == project and hook["url"] in urls
+                    and any(hook["headers"].get(k) != v for k, v in headers.items())):
+                hook["headers"] = hook["headers"] | headers
+                changed += 1
+        return changed
 
     def retitle_backend(self, backend: dict, title: str) -> None:
         for b in self.backends:

@@ -47,20 +47,23 @@ def test_a_burst_of_webhooks_enqueues_one_retrain(settings):
 
 
 def test_webhooks_during_a_running_retrain_lead_to_exactly_one_follow_up(settings, runtime,
-                                                                        monkeypatch):
+                                                                        fake_ls, monkeypatch):
     redis = Redis.from_url(settings.redis_url)
     monkeypatch.setattr(jobs, "runtime", lambda: runtime)
     queue = Queue(settings.queue_name, connection=redis)
     seen_during_run = []
     real = jobs._retrain
 
-    def retrain_while_webhooks_arrive(rt, project):
+    def retrain_while_webhooks_arrive(rt, project, **kw):
         if not seen_during_run:  # the first run: annotators keep submitting meanwhile
             seen_during_run.extend(
                 jobs.enqueue_retrain(redis, settings, 1, "ANNOTATION_CREATED")["status"]
                 for _ in range(4)
             )
-        return real(rt, project)
+            result = real(rt, project, **kw)
+            fake_ls.task_list[4]["annotations"] = [fake_ls.annotation("red", 5)]
+            return result
+        return real(rt, project, **kw)
 
     monkeypatch.setattr(jobs, "_retrain", retrain_while_webhooks_arrive)
     jobs.enqueue_retrain(redis, settings, 1, "ANNOTATION_CREATED")

@@ -80,7 +80,7 @@ def sim(tmp_path_factory):
 
 
 def test_csv_has_one_row_per_strategy_repeat_and_round(sim):
-    result, out, _, _, _ = sim
+    _, out, _, _, _ = sim
     with (out / "results.csv").open() as fh:
         reader = csv.DictReader(fh)
         rows = list(reader)

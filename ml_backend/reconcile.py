@@ -1,0 +1,78 @@
+"""Bring every project back in step with Label Studio after anything was missed.
+
+Label Studio does not resend a webhook, so an annotation whose webhook found Redis down (503), a
+retrain lost with a killed worker or a Redis restart, or a webhook refused before its secret
+header was set would otherwise never be trained on. Label Studio is the source of truth: a check
+compares the labels a retrain would read now with the labels the newest version was trained on
+(`Pool.digest`, kept in its meta) and queues a retrain where they differ. The retrain itself skips
+work when the labels turn out unchanged, so a check that races a running retrain costs one read.
+
+Every worker queues a check of each known project (one with a folder under MODEL_DIR: trained,
+or seen by /setup or by a webhook that could not be queued) when it starts and then every
+RECONCILE_INTERVAL seconds; `python -m ml_backend reconcile` runs the check at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import get_current_job
+
+from ml_backend import jobs, priorities
+from ml_backend.runtime import Runtime
+from ml_backend.settings import Settings
+from model.versions import projects
+
+log = logging.getLogger(__name__)
+
+REASON = "RECONCILE"
+
+
+def check(rt: Runtime, redis: Redis, project: int) -> dict:
+    """Secure the project's webhook; queue a retrain if its labels changed since the last one."""
+    secured = priorities.secure_webhooks(rt, project)
+    config, pool = jobs.read_pool(rt, project)
+    out = {"project": project, "labels": len(pool.labels), "webhooks_secured": secured}
+    if not pool.labels or pool.digest(config.classes) == jobs.trained_digest(rt, project):
+        return out | {"status": "in step"}
+    return out | jobs.enqueue(redis, rt.settings, "retrain", project, REASON)
+
+
+def reconcile(project: int, reason: str = "") -> dict:
+    """RQ job: `check` one project."""
+    job = get_current_job()
+    job.connection.delete(jobs.pending_key(project, "reconcile"))
+    out = check(jobs.runtime(), job.connection, project)
+    log.info("project %s: %s", project, out)
+    return out
+
+
+def every_interval(settings: Settings, stop: threading.Event) -> None:
+    """Worker thread: queue a check of every known project now, then every RECONCILE_INTERVAL s.
+
+    Checks are coalesced per project, so several workers doing this queue one check each time.
+    """
+    redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    while True:
+        try:
+            for project in projects(settings.model_dir):
+                jobs.enqueue(redis, settings, "reconcile", project, "periodic")
+        except RedisError as exc:
+            log.warning("cannot queue reconciliation (retried in %s s): %s",
+                        settings.reconcile_interval, exc)
+        if stop.wait(settings.reconcile_interval):
+            return
+
+
+def start(settings: Settings) -> threading.Event | None:
+    """Start `every_interval` in a daemon thread (unless RECONCILE_INTERVAL is 0); set the
+    returned event to stop it."""
+    if settings.reconcile_interval <= 0:
+        return None
+    stop = threading.Event()
+    threading.Thread(target=every_interval, args=(settings, stop), name="reconcile",
+                     daemon=True).start()
+    return stop

@@ -1,0 +1,107 @@
+"""Reconciliation against the stand-in for Label Studio and a real Redis: nothing a lost webhook
+carried is lost, and labels already trained on are never trained again."""
+
+import threading
+
+import pytest
+from fastapi.testclient import TestClient
+from redis import Redis
+from rq import Queue, SimpleWorker
+
+from ml_backend import jobs, priorities, reconcile
+from ml_backend.server import create_app
+from ml_backend.settings import Settings
+
+SECRET = "s3cret-header-value"
+
+
+@pytest.fixture
+def redis(settings) -> Redis:
+    return Redis.from_url(settings.redis_url)
+
+
+@pytest.fixture
+def work(settings, runtime, redis, monkeypatch):
+    """Run a burst worker over the queue (the worker's runtime is the test's)."""
+    monkeypatch.setattr(jobs, "runtime", lambda: runtime)
+
+    def run() -> None:
+        SimpleWorker([Queue(settings.queue_name, connection=redis)], connection=redis).work(
+            burst=True)
+
+    return run
+
+
+def test_labels_that_no_version_has_seen_queue_one_retrain(runtime, fake_ls, redis, work):
+    first = reconcile.check(runtime, redis, 1)
+    assert first["status"] == "queued" and first["labels"] == 12
+    assert reconcile.check(runtime, redis, 1)["status"] == "coalesced"
+    work()
+    assert runtime.versions(1).names() == ["v1"]
+    assert jobs.job_history(redis, 1)[0]["reason"] == reconcile.REASON
+    assert reconcile.check(runtime, redis, 1)["status"] == "in step"
+
+
+def test_only_a_change_to_what_training_reads_queues_a_retrain(runtime, fake_ls, redis, work):
+    jobs._retrain(runtime, 1)
+    unlabelled = next(t for t in fake_ls.task_list if not t["annotations"])
+    unlabelled["annotations"] = [fake_ls.annotation("red", unlabelled["id"], cancelled=True)]
+    assert reconcile.check(runtime, redis, 1)["status"] == "in step"  # a skip is not a label
+    labelled = fake_ls.task_list[0]
+    labelled["annotations"].append(fake_ls.annotation("blue", 99))  # a corrected label
+    assert reconcile.check(runtime, redis, 1)["status"] == "queued"
+    work()
+    assert runtime.versions(1).meta("v2")["n_labels"] == 12
+    assert reconcile.check(runtime, redis, 1)["status"] == "in step"
+
+
+def test_a_project_without_labels_is_in_step(runtime, fake_ls, redis):
+    for task in fake_ls.task_list:
+        task["annotations"] = []
+    assert reconcile.check(runtime, redis, 1)["status"] == "in step"
+
+
+def test_a_webhook_lost_while_redis_was_down_is_trained_once_redis_is_back(
+        settings, runtime, redis, work):
+    down = Settings(**(settings.model_dump() | {"redis_url": "redis://127.0.0.1:1/0"}))
+    client = TestClient(create_app(down, runtime))
+    event = {"action": "ANNOTATION_CREATED", "project": {"id": 7}, "annotation": {"id": 1}}
+    res = client.post("/webhook", json=event)
+    assert res.status_code == 503 and res.json()["project"] == 7
+    assert runtime.versions(7).names() == []
+    # Redis is back: a worker's periodic pass queues a check of every known project.
+    stopped = threading.Event()
+    stopped.set()  # one pass, then return
+    reconcile.every_interval(settings, stopped)
+    work()
+    assert runtime.versions(7).serving() == "v1"
+    assert runtime.versions(7).meta("v1")["n_labels"] == 12
+
+
+def test_the_periodic_pass_survives_redis_being_down(settings, runtime, caplog):
+    down = Settings(**(settings.model_dump() | {"redis_url": "redis://127.0.0.1:1/0"}))
+    runtime.versions(3).root.mkdir(parents=True)
+    stopped = threading.Event()
+    stopped.set()
+    reconcile.every_interval(down, stopped)
+    assert "cannot queue reconciliation" in caplog.text
+
+
+def test_our_webhook_gets_the_secret_header_and_no_other_does(settings, runtime, fake_ls):
+    runtime.settings = Settings(**(settings.model_dump() | {"webhook_secret": SECRET}))
+    assert priorities.secure_webhooks(runtime, 1) == 1
+    ours, other = fake_ls.hooks
+    assert ours["headers"] == {"X-Webhook-Secret": SECRET} and other["headers"] == {}
+    assert priorities.secure_webhooks(runtime, 1) == 0  # already in place
+
+
+def test_with_basic_auth_only_the_webhook_sends_basic_auth(settings, runtime, fake_ls):
+    runtime.settings = Settings(**(settings.model_dump() | {
+        "basic_auth_user": "ls", "basic_auth_pass": "pw"}))
+    assert priorities.secure_webhooks(runtime, 1) == 1
+    assert fake_ls.hooks[0]["headers"] == {"Authorization": "Basic bHM6cHc="}
+
+
+def test_without_credentials_webhooks_are_left_alone(runtime, fake_ls):
+    assert priorities.secure_webhooks(runtime, 1) == 0
+    assert all(h["headers"] == {} for h in fake_ls.hooks)
