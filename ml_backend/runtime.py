@@ -30,6 +30,7 @@ class Runtime:
         self._loaded: dict[tuple[int, str], ModelVersion] = {}
         self._backbones: dict[tuple[str, str], Backbone] = {}
         self._candidates: dict[int, Backbone] = {}
+        self._backbone_lock = threading.Lock()  # loading one takes seconds: not under _lock
 
     @cached_property
     def backbone(self) -> Backbone:
@@ -40,7 +41,7 @@ class Runtime:
     def load_backbone(self, name: str, weights: str) -> Backbone:
         """A project's own backbone (fine-tuned or imported), from a file under MODEL_DIR."""
         key = (name, str(weights))
-        with self._lock:
+        with self._backbone_lock:
             if key not in self._backbones:
                 path = self.settings.model_dir / weights
                 self._backbones[key] = load_backbone(name, str(path), self.settings.device)
@@ -111,10 +112,11 @@ class Runtime:
             return self._loaded[key]
 
     def embed(
-        self, project: int, urls: dict[int, str], progress: bool | None = False,
+        self, project: int, urls: dict[int, str], progress: bool | None = None,
         backbone: Backbone | None = None,
     ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-        """Embeddings by `backbone`, by default the one the serving version was trained on."""
+        """Embeddings by `backbone`, by default the one the serving version was trained on;
+        `progress=None` shows a bar on long runs when stderr is a terminal."""
         bb = backbone or self.backbone_for(project)
         return embed_tasks(
             bb,

@@ -284,11 +284,28 @@ def predict_proba(
     if isinstance(head, Ensemble):
         head.eval()
         return torch.stack([torch.softmax(m(xt), dim=1) for m in head.members], dim=2).numpy()
-    head.train()  # keep dropout on for stochastic passes
+    return _mc_dropout(head, xt, passes, seed)
+
+
+def _mc_dropout(head: Head, xt: torch.Tensor, passes: int, seed: int) -> np.ndarray:
+    """MC-dropout samples `[n, c, T]`: pass t gives example i input mask i + t of one pool.
+
+    Each example gets T different masks and each pass independent masks across examples, but
+    the random numbers are drawn once for the pool instead of once per pass (they dominate).
+    """
+    p = float(head.config["dropout"])
+    z = (xt - head.mean) / head.std
+    gen = torch.Generator().manual_seed(seed)
+    masks = torch.rand(len(z) + passes, z.shape[1], generator=gen) >= p if p > 0 else None
+    layers = head.body[1:]
+    head.train()  # dropout after the first layer (MLP heads) stays on too
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            out = torch.stack([torch.softmax(head(xt), dim=1) for _ in range(passes)], dim=2)
+            out = []
+            for t in range(passes):
+                zt = z if masks is None else z * masks[t : t + len(z)] * (1.0 / (1.0 - p))
+                out.append(torch.softmax(layers(zt), dim=1))
     finally:
         head.eval()
-    return out.numpy()
+    return torch.stack(out, dim=2).numpy()
