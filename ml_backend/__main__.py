@@ -36,8 +36,18 @@ def _worker(args: argparse.Namespace) -> None:
     runtime().backbone  # load once, before the first job, so retrains start warm
     if not args.burst:
         reconcile.start(settings)  # catches what webhooks missed, now and every interval
-    worker = SimpleWorker([settings.queue_name], connection=connection)
+    worker = SimpleWorker(worker_queues(settings, args.queues), connection=connection)
     worker.work(with_scheduler=True, burst=args.burst, logging_level=args.log_level)
+
+
+def worker_queues(settings, given: str | None) -> list[str]:
+    """`--queues a,b` as given; by default QUEUE_NAME, after GPU_QUEUE_NAME on a GPU machine."""
+    if given:
+        return [q.strip() for q in given.split(",") if q.strip()]
+    from model.backbone import pick_device
+
+    gpu = settings.gpu_queue_name and pick_device(settings.device).type == "cuda"
+    return [settings.gpu_queue_name, settings.queue_name] if gpu else [settings.queue_name]
 
 
 def _reconcile(args: argparse.Namespace) -> None:
@@ -111,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("worker", help="run an RQ worker that retrains models")
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    p.add_argument("--queues", default=None, help="comma-separated RQ queues, in priority "
+                   "order (default: QUEUE_NAME, after GPU_QUEUE_NAME on a GPU machine)")
     p.set_defaults(func=_worker)
 
     p = sub.add_parser("seed", help="choose the first tasks to label in a new project")

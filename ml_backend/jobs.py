@@ -54,7 +54,7 @@ def enqueue(redis: Redis, settings: Settings, kind: str, project: int, reason: s
     """Queue job `kind` (a key of JOBS) for `project` unless one is waiting already."""
     if not redis.set(pending_key(project, kind), reason, nx=True, ex=settings.retrain_lock_wait):
         return {"status": "coalesced", "job": kind, "project": project}
-    job = Queue(settings.queue_name, connection=redis).enqueue(
+    job = Queue(queue_for(settings, kind), connection=redis).enqueue(
         JOBS[kind],
         project,
         reason,
@@ -65,6 +65,16 @@ def enqueue(redis: Redis, settings: Settings, kind: str, project: int, reason: s
         failure_ttl=7 * 86400,
     )
     return {"status": "queued", "job": kind, "project": project, "job_id": job.id}
+
+
+# Jobs that embed images (many, on a first retrain or a large import) or fine-tune the backbone.
+GPU_JOBS = frozenset({"retrain", "prioritize", "finetune"})
+
+
+def queue_for(settings: Settings, kind: str) -> str:
+    """GPU_QUEUE_NAME for GPU_JOBS when it is set, so GPU workers take them; else QUEUE_NAME."""
+    return settings.gpu_queue_name if settings.gpu_queue_name and kind in GPU_JOBS \
+        else settings.queue_name
 
 
 def retry_policy(settings: Settings) -> Retry | None:

@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding the job queue.")
     model_dir: Path = Field(Path("data/models"), description="Model versions and embeddings.")
     queue_name: str = Field("al-backend", description="RQ queue the worker listens on.")
+    gpu_queue_name: str = Field(
+        "", description="RQ queue for the jobs that embed images or fine-tune (retrain, "
+        "prioritize, finetune), which GPU workers take; empty: every job goes to QUEUE_NAME.",
+    )
     backbone: str = Field("resnet18", description="torchvision backbone name.")
     weights: str = Field(
         "DEFAULT",
