@@ -50,6 +50,12 @@ def worker_queues(settings, given: str | None) -> list[str]:
     return [settings.gpu_queue_name, settings.queue_name] if gpu else [settings.queue_name]
 
 
+def _import_images(args: argparse.Namespace) -> None:
+    from ml_backend.importer import run_import
+
+    run_import(args.project, args.source, labels=args.labels, document_root=args.document_root)
+
+
 def _reconcile(args: argparse.Namespace) -> None:
     from redis import Redis
 
@@ -152,6 +158,17 @@ def main(argv: list[str] | None = None) -> int:
                        "from those of the newest version")
     p.add_argument("--project", type=int, default=None, help="default: every known project")
     p.set_defaults(func=_reconcile)
+
+    p = sub.add_parser("import-images", help="import images (and known labels) into a project")
+    p.add_argument("--project", type=int, required=True)
+    p.add_argument("source", nargs="+", help="a folder (flat, or one subfolder per class), "
+                   "image files, or a CSV of image paths or URLs with an optional label column")
+    p.add_argument("--labels", action="store_true",
+                   help="also import the known labels (class folders, CSV column) as annotations")
+    p.add_argument("--document-root", type=Path, default=None, help="Label Studio's "
+                   "LOCAL_FILES_DOCUMENT_ROOT (default: the setting of that name); files under "
+                   "it are served by Label Studio, others are uploaded")
+    p.set_defaults(func=_import_images)
 
     p = sub.add_parser("demo", help="start Redis (if needed), the server and a worker")
     p.add_argument("--host", default="127.0.0.1")

@@ -7,8 +7,11 @@ client decides the auth header (and refreshes a personal access token's short-li
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
 from urllib.parse import urljoin, urlparse
 
 import httpx
@@ -54,6 +57,42 @@ class LabelStudioClient:
         )
         for task in pager:
             yield task.model_dump() if hasattr(task, "model_dump") else dict(task)
+
+    # -- importing images (import-images, the demo) ----------------------------------------
+    def import_tasks(self, project: int, tasks: list[dict], chunk: int = 500) -> list[int]:
+        """Create tasks (with any annotations they carry); their ids, in order."""
+        ids: list[int] = []
+        for start in range(0, len(tasks), chunk):
+            resp = self.sdk.projects.import_tasks(
+                id=project, request=tasks[start : start + chunk], return_task_ids=True
+            )
+            ids += list((resp.model_extra or {}).get("task_ids") or [])
+        return ids
+
+    def local_storage_paths(self, project: int) -> list[str]:
+        return [s.path for s in self.sdk.import_storage.local.list(project=project) if s.path]
+
+    def add_local_storage(self, project: int, path: str) -> None:
+        """A local-files storage is what lets Label Studio serve /data/local-files/ URLs under
+        `path`; it is never synced: tasks are imported with their labels instead."""
+        self.sdk.import_storage.local.create(
+            project=project, path=path, title=f"images in {path}", use_blob_urls=True
+        )
+
+    def upload_files(self, project: int, paths: list[Path]) -> list[str]:
+        """Upload image files into Label Studio without creating tasks; their task-data URLs
+        (/data/upload/...), in order. (The SDK has no multipart import.)"""
+        names = []
+        with ExitStack() as stack:
+            files = [(f"file{i}", (p.name, stack.enter_context(p.open("rb"))))
+                     for i, p in enumerate(paths)]  # unique field names keep every file
+            resp = self._request("POST", f"/api/projects/{project}/import",
+                                 params={"commit_to_project": "false"}, files=files)
+        ids = resp.json()["file_upload_ids"]
+        stored = {f.id: f.file for f in self.sdk.files.list(id=project, ids=json.dumps(ids))}
+        for upload_id in ids:
+            names.append("/data/" + str(stored[upload_id]).lstrip("/"))
+        return names
 
     # -- the queue: predictions, sampling, model versions ---------------------------------
     def import_predictions(self, project: int, predictions: list[dict], chunk: int = 1000) -> int:

@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     label_studio_api_key: SecretStr = Field(
         SecretStr(""), description="Legacy token or personal access token of a Label Studio user."
     )
+    label_studio_local_files_document_root: Path | None = Field(
+        None, description="Label Studio's LOCAL_FILES_DOCUMENT_ROOT as this machine sees it: "
+        "import-images serves files under it through local-files storage instead of uploading.",
+    )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding the job queue.")
     model_dir: Path = Field(Path("data/models"), description="Model versions and embeddings.")
     queue_name: str = Field("al-backend", description="RQ queue the worker listens on.")
