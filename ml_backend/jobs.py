@@ -165,7 +165,7 @@ FORCED = {"START_TRAINING"}
 def read_pool(rt: Runtime, project: int) -> tuple[LabelConfig, Pool]:
     """The project's label config and pool as Label Studio has them now."""
     config = parse_label_config(rt.labelstudio.label_config(project))
-    pool = build_pool(rt.labelstudio.tasks(project), config,
+    pool = build_pool(rt.labelstudio.labelling_tasks(project), config,
                       annotators=frozenset(rt.settings.annotators),
                       ground_truth_only=rt.settings.ground_truth_only)
     return config, pool

@@ -148,12 +148,24 @@ def secure_webhooks(rt: Runtime, project: int) -> int:
 
 
 def prune_versions(rt: Runtime, project: int, current: str, stored: dict[str, int]) -> list[str]:
-    """Delete prediction versions of ours beyond the newest `KEEP_VERSIONS`."""
+    """Delete prediction versions of ours beyond the newest `KEEP_VERSIONS`.
+
+    Best effort: the new order is already live, so a failed deletion (Label Studio busy for
+    longer than the timeout) is logged and left to the next round, which deletes every stale
+    version, instead of failing the job and retraining again.
+    """
     keep = rt.settings.keep_versions
     ours = [v for v in stored if v != current and (
         v == UNTRAINED or (v[:1] == "v" and v[1:].isdigit()))]
     ours.sort(key=lambda v: -1 if v == UNTRAINED else int(v[1:]))
     stale = ours[: max(0, len(ours) - (keep - 1))]
+    deleted = []
     for version in stale:
-        rt.labelstudio.delete_model_version(project, version)
-    return stale
+        try:
+            rt.labelstudio.delete_model_version(project, version)
+        except Exception as exc:  # noqa: BLE001 - retried by the next round
+            log.warning("project %s: could not delete predictions of %s (next round retries): %s",
+                        project, version, exc)
+            continue
+        deleted.append(version)
+    return deleted

@@ -24,7 +24,7 @@ def seed(rt: Runtime, project: int, size: int, method: str = "auto", *, dry_run:
         raise ValueError("--size must be at least 1")
     ls = rt.labelstudio
     config = parse_label_config(ls.label_config(project))
-    pool = build_pool(ls.tasks(project), config)
+    pool = build_pool(ls.labelling_tasks(project), config)
     if not pool.urls:
         raise ValueError(f"project {project} has no tasks with an image in ${config.value_key}")
     if not pool.unlabeled:

@@ -58,6 +58,12 @@ class FakeLabelStudio:
             if t["annotations"] or not only_annotated:
                 yield t | {"predictions": [p for p in self.predictions if p["task"] == t["id"]]}
 
+    def labelling_tasks(self, project: int):
+        """Like Label Studio's: every task with its annotations, no predictions."""
+        if self.down:
+            raise ConnectionError("[Errno 111] Connection refused")
+        yield from (dict(t) for t in self.task_list)
+
     def fetch_image(self, url: str) -> bytes:
         self.fetches += 1
         if url not in self.images:

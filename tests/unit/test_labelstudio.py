@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from ml_backend.labelstudio import ImageFetchError, LabelStudioClient
+from ml_backend.labelstudio import ANNOTATED, ImageFetchError, LabelStudioClient
 from ml_backend.settings import Settings
 
 LEGACY = "a" * 40
@@ -55,3 +55,26 @@ def test_both_kinds_of_api_key_are_sent_the_way_label_studio_expects():
 def test_bad_label_studio_url_is_a_settings_error():
     with pytest.raises(ValueError, match="LABEL_STUDIO_URL"):
         Settings(label_studio_url="ls.test:8080")
+
+
+def test_labelling_tasks_list_every_task_light_and_only_annotated_ones_in_full(monkeypatch):
+    """Two listings: every task without annotations and predictions (fast), annotated tasks
+    (skipped included) with them; merged in the order of the first, nothing lost in between."""
+    ls = client(label_studio_api_key=LEGACY)
+    light = [{"id": i, "data": {"image": f"/i/{i}.png"}} for i in (1, 2, 3)]
+    full = [{"id": 2, "data": {"image": "/i/2.png"}, "annotations": [{"id": 7}]},
+            {"id": 4, "data": {"image": "/i/4.png"}, "annotations": [{"id": 8}]}]  # new meanwhile
+    calls = []
+
+    def listing(project, *, fields=None, filters=None):
+        calls.append((project, fields, filters))
+        return iter(full if filters else light)
+
+    monkeypatch.setattr(ls, "_list_tasks", listing)
+    tasks = list(ls.labelling_tasks(5))
+    assert [(t["id"], [a["id"] for a in t["annotations"]]) for t in tasks] == [
+        (1, []), (2, [7]), (3, []), (4, [8])]
+    assert calls[0][1:] == ("all", ANNOTATED) and calls[1][1:] == (None, None)
+    columns = {item["filter"] for item in ANNOTATED["items"]}
+    assert columns == {"filter:tasks:total_annotations", "filter:tasks:cancelled_annotations"}
+    assert ANNOTATED["conjunction"] == "or"

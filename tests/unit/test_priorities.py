@@ -30,6 +30,26 @@ def test_each_retrain_reorders_under_a_new_version_and_prunes_old_ones(runtime, 
     assert fake_ls.project["model_version"] == "v3"
 
 
+def test_a_failed_deletion_of_an_old_version_leaves_the_new_order_live(runtime, fake_ls):
+    """Deleting a large version can outlast the timeout on a busy Label Studio; the order is
+    live by then, so the job must not fail (and retrain again): the next round deletes it."""
+    runtime.settings.keep_versions = 1
+    jobs._retrain(runtime, 1)
+    delete = fake_ls.delete_model_version
+
+    def busy(project: int, version: str) -> None:
+        raise RuntimeError("DELETE /api/projects/1/model-versions/ timed out")
+
+    fake_ls.delete_model_version = busy
+    result = jobs._retrain(runtime, 1)
+    assert result["queue"]["deleted_versions"] == []
+    assert fake_ls.project["model_version"] == "v2"
+    fake_ls.delete_model_version = delete
+    result = jobs._retrain(runtime, 1)
+    assert result["queue"]["deleted_versions"] == ["v1", "v2"]
+    assert set(fake_ls.model_versions(1)) == {"v3"}
+
+
 def test_labelling_removes_a_task_from_the_next_order(runtime, fake_ls):
     jobs._retrain(runtime, 1)
     first = fake_ls.queue("v1")[0]
