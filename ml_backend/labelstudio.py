@@ -8,7 +8,6 @@ client decides the auth header (and refreshes a personal access token's short-li
 from __future__ import annotations
 
 import json
-import json
 import logging
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -35,7 +34,6 @@ ANNOTATED = {"conjunction": "or", "items": [
 # the project after each request, so one request of 5,000 is about 4x faster than five of 1,000.
 PREDICTIONS_PER_REQUEST = 10_000
 LONG_TIMEOUT = 600  # seconds for a listing page or an import on a busy Label Studio
-
 
 
 class ImageFetchError(RuntimeError):
