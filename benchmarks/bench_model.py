@@ -65,11 +65,12 @@ def load() -> str:
 
 
 def labelled_embeddings(n: int, dim: int = 512, classes: int = 10, seed: int = 0):
-    """Overlapping Gaussian classes, so early stopping has something to stop."""
+    """Overlapping Gaussian classes (a linear head gets ~94 % right), so early stopping has
+    something to stop; separable data would run more epochs, harder data fewer."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(0, 1, (classes, dim))
     y = rng.integers(0, classes, n)
-    x = (centres[y] + rng.normal(0, 2.5, (n, dim))).astype(np.float32)
+    x = (centres[y] + rng.normal(0, 6.0, (n, dim))).astype(np.float32)
     return x, y
 
 
@@ -100,7 +101,7 @@ def bench_scoring(n: int, quick: bool) -> None:
     print(f"\nScoring {n:,} cached 512-d embeddings, 10 classes")
     x, y = labelled_embeddings(5000)
     head, _ = fit(x, y, [f"c{i}" for i in range(10)])
-    pool = np.random.default_rng(1).normal(0, 2.5, (n, 512)).astype(np.float32)
+    pool = np.random.default_rng(1).normal(0, 6.0, (n, 512)).astype(np.float32)
     t = timed(lambda: predict_proba(head, pool), repeat=5)
     row("predict_proba, in-memory matrix -> probabilities", f"{t:.3f} s", "<= 0.5 s",
         verdict(t <= 0.5))

@@ -35,6 +35,7 @@ def live_probs(rt: Runtime, project: int, images: list[bytes]) -> np.ndarray:
     return predict_proba(model.head, rt.backbone_for(project).embed_batch(imgs))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_export_is_self_contained_and_answers_like_the_live_path(trained, tmp_path):
     out = export(trained, 1, tmp_path / "export")
     assert out["version"] == "v1"
