@@ -6,7 +6,7 @@ LS_VERSION := 1.23.2
 BIN := $(VENV)/bin
 UV := $(BIN)/uv
 
-.PHONY: setup labelstudio system-deps test test-unit demo serve worker lock bench clean
+.PHONY: setup labelstudio system-deps browser-deps test test-unit demo serve worker lock bench clean
 
 setup: $(VENV)/.installed
 
@@ -24,24 +24,39 @@ $(LS_VENV)/.installed: $(VENV)/.installed
 	$(UV) pip install -q --python $(LS_VENV)/bin/python label-studio==$(LS_VERSION)
 	touch $@
 
-# Debian packages the tests use: a private redis-server per run, headless Chromium for the pages.
+# Debian packages the tests use: a private redis-server per run, headless Chromium for the pages
+# (driven by node), and a compose implementation to check docker-compose.yml where docker has none.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v node >/dev/null || missing="$$missing nodejs"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
+	if command -v docker >/dev/null && ! docker compose version >/dev/null 2>&1 \
+	  && ! command -v docker-compose >/dev/null; then missing="$$missing docker-compose"; fi; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing"; \
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
-test: setup labelstudio system-deps
+# playwright-core drives Debian's chromium in tests/integration/test_browser.py; it downloads no
+# browser. Needs node >= 20.
+BROWSER := tests/integration/browser
+browser-deps: $(BROWSER)/node_modules/.installed
+
+$(BROWSER)/node_modules/.installed: $(BROWSER)/package.json $(BROWSER)/package-lock.json
+	cd $(BROWSER) && npm ci --no-audit --no-fund
+	touch $@
+
+test: setup labelstudio system-deps browser-deps
 	$(BIN)/python -m pytest
 
 test-unit: setup
 	$(BIN)/python -m pytest -m "not integration"
 
-demo: setup system-deps
+# IMAGES=DIR (class subfolders, or flat with LABELS=a,b,...) labels your images instead of digits.
+demo: setup labelstudio system-deps
 	$(BIN)/python -m ml_backend demo
 
 serve: setup
@@ -58,4 +73,4 @@ lock: setup
 	$(UV) pip compile requirements-test.in --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes -o requirements-test.txt
 
 clean:
-	rm -rf $(VENV) $(LS_VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LS_VENV) $(BROWSER)/node_modules .pytest_cache .hypothesis

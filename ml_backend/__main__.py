@@ -112,7 +112,7 @@ def _simulate(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from ml_backend.demo import run
 
-    run(host=args.host, port=args.port)
+    run(host=args.host, port=args.port, ls_port=args.ls_port, data=args.data_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,9 +170,13 @@ def main(argv: list[str] | None = None) -> int:
                    "it are served by Label Studio, others are uploaded")
     p.set_defaults(func=_import_images)
 
-    p = sub.add_parser("demo", help="start Redis (if needed), the server and a worker")
+    p = sub.add_parser("demo", help="Redis, Label Studio, the server and a worker, with a "
+                       "sample project (IMAGES=DIR for your own images)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=9090)
+    p.add_argument("--port", type=int, default=9090, help="the backend's port")
+    p.add_argument("--ls-port", type=int, default=8080, help="Label Studio's port")
+    p.add_argument("--data-dir", type=Path, default=Path("data/demo"),
+                   help="everything the demo keeps; a second run reuses it")
     p.set_defaults(func=_demo)
 
     from ml_backend.model_commands import register as register_model_commands

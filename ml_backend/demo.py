@@ -1,19 +1,37 @@
-"""`make demo`: a local Redis (when REDIS_URL is not set), the server and a worker, until Ctrl-C."""
+"""`make demo`: from a clone to labelling with active learning, in one command.
+
+Starts Redis (unless REDIS_URL is set), Label Studio (from .venv-ls), the backend's server and a
+worker; creates a project over a sample image set (or IMAGES=DIR), connects the backend, seeds
+the first tasks, and prints where to click. Ctrl-C stops everything. Everything lives under one
+data directory (data/demo), and a second run reuses it: same admin, same project.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-DATA = Path("data")
+from ml_backend import importer
+
+REPO = Path(__file__).resolve().parents[1]
+LS_BIN = REPO / ".venv-ls" / "bin" / "label-studio"
+ADMIN_EMAIL = "admin@example.com"
+# Label Studio serves local files under this root; its storages authorise single folders.
+DOCUMENT_ROOT = Path("/")
+SEED_SIZE = 20
+DIGITS_PER_CLASS = 50
 
 
 def free_port() -> int:
@@ -22,65 +40,355 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start_redis(logs: Path) -> tuple[subprocess.Popen, str]:
+def port_or_free(port: int) -> int:
+    """`port` when nothing listens on it, else a free one (Label Studio would silently move)."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            return free_port()
+
+
+# -- the data directory ----------------------------------------------------------------------
+def load_state(data: Path) -> dict:
+    """Admin credentials, secrets and projects of earlier runs (data/demo/state.json)."""
+    path = data / "state.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    if (data / "label-studio").exists():
+        raise RuntimeError(f"{data}/label-studio exists but {path} does not: its admin password "
+                           f"is unknown; delete {data} to start over")
+    return {"email": ADMIN_EMAIL, "password": secrets.token_urlsafe(12),
+            "token": secrets.token_hex(20), "webhook_secret": secrets.token_urlsafe(24),
+            "projects": {}}
+
+
+def save_state(data: Path, state: dict) -> None:
+    path = data / "state.json"
+    path.write_text(json.dumps(state, indent=2))
+    path.chmod(0o600)
+
+
+def render_digits(folder: Path, per_class: int = DIGITS_PER_CLASS, size: int = 64) -> Path:
+    """scikit-learn's handwritten digits as `folder/<digit>/<n>.png` (once)."""
+    if len(list(folder.glob("*/*.png"))) == 10 * per_class:
+        return folder
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    counts = dict.fromkeys(range(10), 0)
+    for n, (pixels, label) in enumerate(zip(digits.images, digits.target)):
+        if counts[int(label)] == per_class:
+            continue
+        counts[int(label)] += 1
+        (folder / str(label)).mkdir(parents=True, exist_ok=True)
+        grey = Image.fromarray((255 - pixels * (255 / 16)).astype(np.uint8))  # dark ink on white
+        grey = grey.resize((size, size), Image.BILINEAR).convert("RGB")
+        grey.save(folder / str(label) / f"{n:04d}.png")
+    return folder
+
+
+def classes_of(images: Path) -> list[str]:
+    """LABELS=a,b,... or, by default, the subfolders of `images` that hold images."""
+    if os.environ.get("LABELS"):
+        return [c.strip() for c in os.environ["LABELS"].split(",") if c.strip()]
+    found = sorted({i.label for i in importer.read_folder(images) if i.label})
+    if len(found) < 2:
+        raise RuntimeError(f"{images} has no class subfolders: name the classes with "
+                           f"LABELS=cat,dog,...")
+    return found
+
+
+def label_config(classes: list[str]) -> str:
+    from xml.sax.saxutils import quoteattr
+
+    choices = "".join(f"<Choice value={quoteattr(c)}/>" for c in classes)
+    return ('<View><Image name="image" value="$image"/>'
+            f'<Choices name="label" toName="image" choice="single" showInline="true">{choices}'
+            "</Choices></View>")
+
+
+def demo_weights() -> str:
+    """WEIGHTS as set; else the backbone's ImageNet weights when cached or downloadable, and
+    `none` (with a warning) when not, so the demo also runs offline."""
+    from ml_backend.settings import Settings
+
+    settings = Settings()
+    if "weights" in settings.model_fields_set:
+        return settings.weights
+    from model.backbone import WeightsUnavailable, load_backbone
+
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(30)  # a download that hangs must not hang the demo
+    try:
+        load_backbone(settings.backbone, "DEFAULT", "cpu")
+        return "DEFAULT"
+    except WeightsUnavailable as exc:
+        print(f"warning: {exc}\nwarning: the demo runs with WEIGHTS=none (random features: the "
+              "model learns, but slowly). Set WEIGHTS to use other weights.")
+        return "none"
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+# -- processes -------------------------------------------------------------------------------
+@dataclass
+class Processes:
+    """Children in their own process groups, stopped together, newest first."""
+
+    logs: Path
+    running: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+        with (self.logs / f"{name}.log").open("ab") as log:
+            proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        self.running.append((name, proc))
+        return proc
+
+    def check(self) -> None:
+        for name, proc in self.running:
+            if proc.poll() is not None:
+                tail = (self.logs / f"{name}.log").read_text(errors="replace").splitlines()[-15:]
+                raise RuntimeError(f"{name} exited with code {proc.returncode}; "
+                                   f"{self.logs}/{name}.log ends:\n" + "\n".join(tail))
+
+    def wait_http(self, url: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check()
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"{url} did not answer within {timeout:.0f} s; see {self.logs}/")
+
+    def stop(self) -> None:
+        # SIGTERM, not SIGINT: children of a shell's background job ignore SIGINT.
+        for _, proc in reversed(self.running):
+            _signal_group(proc, signal.SIGTERM)
+        for _, proc in reversed(self.running):
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait(timeout=5)
+            _signal_group(proc, signal.SIGKILL)  # children the leader left behind
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _stop_on_sigterm() -> None:
+    """`kill <pid>` stops the demo as cleanly as Ctrl-C does."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGHUP, interrupt)
+
+
+def start_redis(procs: Processes, data: Path) -> str:
     binary = shutil.which("redis-server")
     if binary is None:
-        raise RuntimeError("redis-server is not installed: run `make system-deps` or set REDIS_URL")
+        raise RuntimeError("redis-server is not installed: run `make system-deps` "
+                           "(Debian: apt-get install redis-server) or set REDIS_URL")
     port = free_port()
-    (DATA / "redis").mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(DATA / "redis"),
-         "--appendonly", "yes", "--save", ""],
-        stdout=(logs / "redis.log").open("w"), stderr=subprocess.STDOUT,
-    )
-    return proc, f"redis://127.0.0.1:{port}/0"
+    (data / "redis").mkdir(parents=True, exist_ok=True)
+    procs.start("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir",
+                          str((data / "redis").resolve()), "--appendonly", "yes", "--save", ""],
+                dict(os.environ))
+    url = f"redis://127.0.0.1:{port}/0"
+    from redis import Redis
 
-
-def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process for {url} exited with {proc.returncode}; see data/logs")
+    deadline = time.monotonic() + 20
+    while True:
+        procs.check()
         try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} did not come up within {timeout:.0f} s")
+            Redis.from_url(url).ping()
+            return url
+        except Exception:  # noqa: BLE001 - not up yet; retried until the deadline
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start; see {procs.logs}/redis.log")
+            time.sleep(0.1)
 
 
-def run(host: str = "127.0.0.1", port: int = 9090) -> None:
-    logs = DATA / "logs"
+def start_label_studio(procs: Processes, data: Path, state: dict, port: int) -> str:
+    if not os.access(LS_BIN, os.X_OK):
+        raise RuntimeError(f"Label Studio is not installed at {LS_BIN}: run `make labelstudio`")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("LABEL_STUDIO_", "DJANGO_")) and k != "VIRTUAL_ENV"}
+    env.update(
+        LABEL_STUDIO_BASE_DATA_DIR=str((data / "label-studio").resolve()),
+        LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
+        LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(DOCUMENT_ROOT),
+        LABEL_STUDIO_COLLECT_ANALYTICS="false",
+        LABEL_STUDIO_LATEST_VERSION_CHECK="false",
+        # The backend runs on 127.0.0.1: without these Label Studio refuses to call it (403).
+        LABEL_STUDIO_ML_BLOCK_LOCAL_IP="false",
+        LABEL_STUDIO_SSRF_PROTECTION_ENABLED="false",
+        PYTHONUNBUFFERED="1",
+    )
+    first = not (data / "label-studio").exists()
+    procs.start("label-studio", [
+        str(LS_BIN), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(port),
+        "--username", state["email"], "--password", state["password"],
+        "--user-token", state["token"], "--enable-legacy-api-token",
+    ], env)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    print(f"Starting Label Studio at {url}" + (" (the first start sets up its database: "
+                                              "about a minute)" if first else ""))
+    procs.wait_http(f"{url}/health", timeout=400 if first else 120)
+    return url
+
+
+def start_backend(procs: Processes, env: dict[str, str], host: str, port: int) -> str:
+    procs.start("server", [sys.executable, "-m", "ml_backend", "serve", "--host", host,
+                           "--port", str(port)], env)
+    procs.start("worker", [sys.executable, "-m", "ml_backend", "worker"], env)
+    url = f"http://{host}:{port}"
+    procs.wait_http(f"{url}/health", timeout=180)
+    return url
+
+
+# -- the project -----------------------------------------------------------------------------
+def ensure_project(ls, state: dict, images: Path) -> tuple[int, bool]:
+    """The demo's project over `images`: remembered in the state, else created with the images
+    imported. Returns (id, created)."""
+    key = str(images)
+    known = state["projects"].get(key)
+    if known and any(p.id == known["id"] for p in ls.sdk.projects.list()):
+        return known["id"], False
+    project = ls.sdk.projects.create(title=f"{images.name} (active learning demo)",
+                                     label_config=label_config(classes_of(images)))
+    items = importer.read_sources([images])
+    report = importer.import_images(ls, project.id, items, document_root=DOCUMENT_ROOT)
+    print("\n".join(report.lines(project.id)))
+    state["projects"][key] = {"id": project.id, "seeded": False}
+    return project.id, True
+
+
+def connect_backend(ls, settings, project: int, backend_url: str, previous: str | None) -> None:
+    """Connect the backend (titled with the version its /setup reports, so Label Studio serves
+    tasks by its priorities) and make the webhook Label Studio creates send WEBHOOK_SECRET.
+    A connection to the `previous` run's URL (another port) is removed."""
+    from ml_backend.security import webhook_headers
+
+    schema = ls.label_config(project)
+    setup = httpx.post(f"{backend_url}/setup", json={"project": f"{project}.0", "schema": schema},
+                       auth=_basic_auth(settings), timeout=30)
+    setup.raise_for_status()
+    version = setup.json()["model_version"]
+    backends = ls.ml_backends(project)
+    for stale in backends:
+        if previous != backend_url and stale["url"].rstrip("/") == previous:
+            ls.sdk.ml.delete(id=stale["id"])
+    if not any(b["url"].rstrip("/") == backend_url for b in backends):
+        auth = {}
+        if settings.basic_auth_user:
+            auth = {"auth_method": "BASIC_AUTH", "basic_auth_user": settings.basic_auth_user,
+                    "basic_auth_pass": settings.basic_auth_pass.get_secret_value()}
+        ls.sdk.ml.create(project=project, url=backend_url, title=version, **auth)
+    ls.set_webhook_headers(project, {f"{backend_url}/webhook"}, webhook_headers(settings))
+
+
+def _basic_auth(settings) -> tuple[str, str] | None:
+    if not settings.basic_auth_user:
+        return None
+    return settings.basic_auth_user, settings.basic_auth_pass.get_secret_value()
+
+
+def seed(env: dict[str, str], project: int, size: int) -> bool:
+    """Run the seeding command: the first `size` tasks served are diverse and representative."""
+    print(f"Choosing the first {size} images to label (embeds every image once)...")
+    done = subprocess.run([sys.executable, "-m", "ml_backend", "--log-level", "WARNING", "seed",
+                           "--project", str(project), "--size", str(size)], env=env, cwd=REPO,
+                          check=False)
+    if done.returncode:
+        print("warning: seeding failed (see above); tasks are served in import order until "
+              "the first retrain")
+    return done.returncode == 0
+
+
+def run(host: str = "127.0.0.1", port: int = 9090, ls_port: int = 8080,
+        data: Path = Path("data/demo")) -> None:
+    data = (REPO / data) if not data.is_absolute() else data
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    logs = data / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    procs: list[subprocess.Popen] = []
-    env = dict(os.environ)
-    env.setdefault("MODEL_DIR", str(DATA / "models"))
+    state = load_state(data)
+    save_state(data, state)
+    images = Path(os.environ["IMAGES"]).resolve() if os.environ.get("IMAGES") else None
+    if images is not None and not images.is_dir():
+        raise RuntimeError(f"IMAGES={images} is not a folder")
+    images = images or render_digits(data / "images" / "digits")
+    weights = demo_weights()
+    procs = Processes(logs)
+    _stop_on_sigterm()
     try:
-        if "REDIS_URL" not in env:
-            redis_proc, env["REDIS_URL"] = _start_redis(logs)
-            procs.append(redis_proc)
-        for name, args in (("server", ["serve", "--host", host, "--port", str(port)]),
-                           ("worker", ["worker"])):
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "ml_backend", *args], env=env,
-                stdout=(logs / f"{name}.log").open("w"), stderr=subprocess.STDOUT,
-            ))
-        _wait_http(f"http://{host}:{port}/health", procs[-2])
-        print(f"Backend:  http://{host}:{port}  (status page at /, health at /health)")
-        print(f"Redis:    {env['REDIS_URL']}")
-        print(f"Models:   {env['MODEL_DIR']}   Logs: {logs}/")
-        print("Connect it in Label Studio: Project settings > Model > Connect model, URL above.")
-        print("Press Ctrl-C to stop.")
-        while all(p.poll() is None for p in procs):
+        redis_url = os.environ.get("REDIS_URL") or start_redis(procs, data)
+        ls_url = start_label_studio(procs, data, state, port_or_free(ls_port))
+        port = port_or_free(port)
+        backend_url = f"http://{host}:{port}"
+        env = dict(os.environ)
+        env.setdefault("WEBHOOK_SECRET", state["webhook_secret"])
+        env.update(
+            LABEL_STUDIO_URL=ls_url, LABEL_STUDIO_API_KEY=state["token"], REDIS_URL=redis_url,
+            MODEL_DIR=str(data / "models"), WEIGHTS=weights, BACKEND_URL=backend_url,
+            LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(DOCUMENT_ROOT), PYTHONUNBUFFERED="1",
+        )
+        print("Starting the backend's server and worker...")
+        start_backend(procs, env, host, port)
+
+        from ml_backend.labelstudio import LabelStudioClient
+        from ml_backend.settings import Settings
+
+        settings = Settings(**{k.lower(): v for k, v in env.items()
+                               if k.lower() in Settings.model_fields})
+        ls = LabelStudioClient(settings)
+        project, _ = ensure_project(ls, state, images)
+        save_state(data, state)
+        connect_backend(ls, settings, project, backend_url, state.get("backend_url"))
+        state["backend_url"] = backend_url
+        save_state(data, state)
+        if not state["projects"][str(images)]["seeded"]:
+            state["projects"][str(images)]["seeded"] = seed(env, project, SEED_SIZE)
+            save_state(data, state)
+        ls.close()
+        _print_ready(ls_url, backend_url, state, project, data, images)
+        while True:
+            procs.check()
             time.sleep(1)
-        raise RuntimeError("a demo process exited; see data/logs")
     finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT if proc is not procs[0] else signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        if procs.running:
+            print("\nStopping...", flush=True)
+        procs.stop()
+
+
+def _print_ready(ls_url: str, backend_url: str, state: dict, project: int, data: Path,
+                 images: Path) -> None:
+    print(f"""
+Ready.
+  Label Studio  {ls_url}   log in as {state['email']} / {state['password']}
+  Project       {ls_url}/projects/{project}/data  (images from {images})
+  Backend       {backend_url}/  (status page: versions, learning curve, jobs)
+
+Open the project, click "Label All Tasks", choose the class and Submit. After every submit the
+backend retrains in the background (seconds) and reorders the queue: the next image is the one
+the model is least sure about, with its guess already selected.
+
+More images: LABEL_STUDIO_URL={ls_url} LABEL_STUDIO_API_KEY={state['token']} \\
+  LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={DOCUMENT_ROOT} \\
+  .venv/bin/python -m ml_backend import-images --project {project} DIR [--labels]
+State and credentials: {data}/state.json   Logs: {data}/logs/
+Press Ctrl-C to stop.""", flush=True)

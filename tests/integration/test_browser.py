@@ -1,0 +1,97 @@
+"""An annotator in headless Chromium sees what the backend decided: after a retrain, "Label All
+Tasks" serves the top-priority task with the model's guess selected, and after Submit the next
+one in the backend's order.
+
+The browser is Debian's chromium driven by playwright-core (tests/integration/browser, installed
+by `make test` with `npm ci`); Label Studio, Redis and the backend are the integration fixtures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from redis import Redis
+
+from ml_backend.jobs import lock_key
+
+from .labelstudio import ADMIN_EMAIL, ADMIN_PASSWORD
+from .loop import connect_backend, wait_for_idle_version
+
+pytestmark = pytest.mark.integration
+
+BROWSER = Path(__file__).parent / "browser"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+
+def _require_browser() -> None:
+    missing = [what for what, ok in (
+        ("node", shutil.which("node")), (CHROMIUM, os.access(CHROMIUM, os.X_OK)),
+        ("playwright-core", (BROWSER / "node_modules" / "playwright-core").is_dir()),
+    ) if not ok]  # fmt: skip
+    if missing:
+        pytest.fail(f"missing {', '.join(missing)}: run `make system-deps browser-deps`",
+                    pytrace=False)
+
+
+def _label_stream(label_studio, project: int, out: Path) -> list[dict]:
+    """Run the annotator script; what it saw, task by task."""
+    args = {"url": label_studio.url, "email": ADMIN_EMAIL, "password": ADMIN_PASSWORD,
+            "project": project, "out": str(out)}
+    done = subprocess.run(["node", "label_stream.mjs", json.dumps(args)], cwd=BROWSER,
+                          capture_output=True, text=True, timeout=300, check=False,
+                          env=dict(os.environ, CHROMIUM=CHROMIUM))
+    assert done.returncode == 0, f"browser script failed:\n{done.stdout}\n{done.stderr}"
+    return json.loads(done.stdout.strip().splitlines()[-1])["served"]
+
+
+def _queue(api, task_ids: list[int], version: str) -> list[tuple[float, int, str]]:
+    """(score, task, predicted choice) of `version` for `task_ids`, lowest score first."""
+    queue = []
+    for task in task_ids:
+        (pred,) = [p for p in api.predictions(task) if p["model_version"] == version]
+        (choice,) = pred["result"][0]["value"]["choices"]
+        queue.append((pred["score"], task, choice))
+    return sorted(queue)
+
+
+def test_label_all_tasks_serves_the_backends_choice_preselected(
+    label_studio, backend, ls_project, redis_url, tmp_path
+):
+    _require_browser()
+    api, project = ls_project.api, ls_project.id
+    connect_backend(ls_project, backend,
+                    title=backend.setup_version(project, ls_project.raw["label_config"]))
+    labelled = [t for label in ("red", "green", "blue") for t in ls_project.tasks_of(label)[:2]]
+    for task in labelled:
+        api.annotate(task, ls_project.truth[task])
+    status = wait_for_idle_version(backend, project, len(labelled))
+    version = status["serving_version"]
+    assert version and api.get(f"/api/projects/{project}/")["model_version"] == version
+
+    queue = _queue(api, [t for t in ls_project.task_ids if t not in labelled], version)
+    (s1, first, guess), (s2, second, _) = queue[:2]
+    assert s1 < s2 < queue[2][0], f"ties make the order ambiguous: {queue[:3]}"
+
+    # The submit's webhook queues a retrain; holding the project's lock keeps that retrain
+    # from reordering the queue while the browser asks for the next task.
+    lock = Redis.from_url(redis_url).lock(lock_key(project), timeout=600)
+    assert lock.acquire(blocking_timeout=60)
+    try:
+        seen = _label_stream(label_studio, project, tmp_path)
+    finally:
+        lock.release()
+
+    print("served:", seen, "\nqueue head:", queue[:3])
+    assert [s["task"] for s in seen] == [first, second]
+    assert seen[0]["checked"] == [guess]  # the backend's pre-annotation, selected
+    assert all(Path(s["screenshot"]).stat().st_size > 10_000 for s in seen)
+    # The browser's submit is an annotation with that choice, and the backend trains on it.
+    (annotation,) = api.get(f"/api/tasks/{first}/annotations/")
+    assert annotation["result"][0]["value"]["choices"] == [guess]
+    after = wait_for_idle_version(backend, project, len(labelled) + 1)
+    assert after["versions"][-1]["version"] != version
