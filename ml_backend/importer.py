@@ -158,9 +158,9 @@ class ImportReport:
     task_ids: list[int] = field(default_factory=list)
 
     def lines(self, project: int) -> list[str]:
-        out = [f"Imported {self.tasks} tasks into project {project}: {self.served_in_place} served "
-               f"from local files, {self.uploaded} uploaded, {self.urls} by URL; "
-               f"{self.annotations} with their label as an annotation."]
+        out = [(f"Imported {self.tasks} tasks into project {project}: {self.served_in_place} "
+                f"served from local files, {self.uploaded} uploaded, {self.urls} by URL; "
+                f"{self.annotations} with their label as an annotation.")]
         if self.already_there:
             out.append(f"{self.already_there} images were in the project already: skipped.")
         for path in self.storages:
@@ -248,7 +248,7 @@ def _check_served(ls: ImportTarget, url: str, file: str, root: Path) -> None:
     document root is the one given here and LOCAL_FILES_SERVING_ENABLED is on."""
     try:
         ls.fetch_image(url)
-    except Exception as exc:  # ImageFetchError, or the network
+    except Exception as exc:  # noqa: BLE001 - ImageFetchError, or the network's own
         raise RuntimeError(
             f"Label Studio does not serve {file} as {url} ({exc}); start it with "
             f"LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and "

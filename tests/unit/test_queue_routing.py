@@ -22,7 +22,7 @@ def test_jobs_are_queued_where_their_workers_listen(redis_url, gpu_queue, expect
     redis = Redis.from_url(redis_url)
     for kind in expected:
         assert jobs.enqueue(redis, settings, kind, 1, "test")["status"] == "queued"
-    for name in {"gpu", "al-backend"}:
+    for name in ("gpu", "al-backend"):
         queued = {job.id.split("-")[0] for job in Queue(name, connection=redis).jobs}
         assert queued == {k for k, q in expected.items() if q == name}, name
 
