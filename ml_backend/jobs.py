@@ -157,7 +157,8 @@ def prioritize(project: int, reason: str = "") -> dict:
 
 
 # reconcile.py imports this module, so its job is named by path.
-JOBS = {"retrain": retrain, "prioritize": prioritize, "reconcile": "ml_backend.reconcile.reconcile"}
+JOBS = {"retrain": retrain, "prioritize": prioritize, "reconcile": "ml_backend.reconcile.reconcile",
+        "finetune": "ml_backend.jobs.finetune"}  # defined below _retrain, which it calls
 # Reasons that retrain even when the labels are those of the newest version.
 FORCED = {"START_TRAINING"}
 
@@ -192,7 +193,8 @@ def _retrain(rt: Runtime, project: int, *, force: bool = True) -> dict:
     if not pool.labels:
         log.info("project %s: no usable labels yet (%s)", project, dict(pool.skipped))
         return {"version": None, "n_labels": 0, "skipped": dict(pool.skipped)}
-    vectors, errors = rt.embed(project, {t: pool.urls[t] for t in pool.labels})
+    bb, serving = rt.backbone_for(project), rt.serving_model(project)
+    vectors, errors = rt.embed(project, {t: pool.urls[t] for t in pool.labels}, backbone=bb)
     for task, err in errors.items():
         log.warning("project %s task %s left out of training: %s", project, task, err)
     tasks = [t for t in pool.labels if t in vectors]
@@ -201,18 +203,18 @@ def _retrain(rt: Runtime, project: int, *, force: bool = True) -> dict:
     candidate = train_candidate(
         np.stack([vectors[t] for t in tasks]), [pool.labels[t] for t in tasks], tasks,
         list(config.classes), marks=[pool.data[t].get(rt.settings.split_field) for t in tasks],
-        fingerprint=rt.backbone.fingerprint, serving=rt.serving_model(project),
-        config=rt.settings.train_config(),
+        fingerprint=bb.fingerprint, serving=serving, config=rt.settings.train_config(),
+        serving_x=_serving_x(rt, project, serving, bb, {t: pool.urls[t] for t in tasks}),
     )
     meta = candidate.meta | {
         "project": project,
         "labels_digest": digest,
-        "backbone": rt.backbone.name,
-        "backbone_fingerprint": rt.backbone.fingerprint,
+        **rt.backbone_meta(bb),
         "skipped": dict(pool.skipped) | ({"image errors": len(errors)} if errors else {}),
     }
     versions = rt.versions(project)
     name = versions.save(candidate.head, meta, candidate.tasks)
+    _maybe_finetune(rt, project, len(tasks))
     if not meta["promotion"]["promoted"]:
         log.warning("project %s: %s is not promoted: %s", project, name,
                     meta["promotion"]["reason"])
@@ -225,6 +227,43 @@ def _retrain(rt: Runtime, project: int, *, force: bool = True) -> dict:
     queue |= priorities.switch(rt, project, name)
     log.info("project %s: trained %s on %d labels, serving it", project, name, len(tasks))
     return {"version": name, "n_labels": len(tasks), "metrics": meta["metrics"], "queue": queue}
+
+
+def _serving_x(rt: Runtime, project: int, serving, bb, urls: dict[int, str]) -> np.ndarray | None:
+    """The serving version's own embeddings of `urls` when it was trained on another backbone
+    than the candidate's `bb` (fine-tuning), so each is judged on its own; None otherwise."""
+    if serving is None or serving.meta.get("backbone_fingerprint") == bb.fingerprint:
+        return None
+    old = rt.backbone_of(serving.meta)
+    if old.fingerprint != serving.meta.get("backbone_fingerprint"):
+        return None  # its backbone is configured no more: it cannot be judged
+    vectors, _ = rt.embed(project, urls, backbone=old)
+    return np.stack([vectors[t] for t in urls]) if all(t in vectors for t in urls) else None
+
+
+def _maybe_finetune(rt: Runtime, project: int, n_labels: int) -> None:
+    """Queue a backbone fine-tune every FINETUNE_EVERY labels (0: never); only from a job."""
+    every, job = rt.settings.finetune_every, get_current_job()
+    if not every or job is None or job.id.startswith("finetune"):
+        return
+    key = f"al:finetuned-at:{project}"
+    if n_labels - int(job.connection.get(key) or 0) >= every:
+        job.connection.set(key, n_labels)
+        enqueue(job.connection, rt.settings, "finetune", project, f"{n_labels} labels")
+
+
+def finetune(project: int, reason: str = "") -> dict:
+    """RQ job: fine-tune the project's backbone on its labels, then train a version on it
+    (promoted by the usual rule, judged against the serving version on its own embeddings)."""
+
+    def work(rt: Runtime, project: int) -> dict:
+        from ml_backend.model_commands import finetune_backbone
+
+        tuned = finetune_backbone(rt, project, rt.settings.finetune_config())
+        with rt.candidate_backbone(project, tuned):
+            return _retrain(rt, project)
+
+    return _run_locked("finetune", project, reason, work)
 
 
 def _push_order(rt: Runtime, project: int, pool, config, model, *, replace: bool = False,
