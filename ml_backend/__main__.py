@@ -36,7 +36,10 @@ def _worker(args: argparse.Namespace) -> None:
     runtime().backbone  # load once, before the first job, so retrains start warm
     if not args.burst:
         reconcile.start(settings)  # catches what webhooks missed, now and every interval
-    worker = SimpleWorker(worker_queues(settings, args.queues), connection=connection)
+    # Maintenance every minute, not RQ's ten: it is when a worker takes over the scheduler that
+    # runs job retries after Redis or the worker that had it went away.
+    worker = SimpleWorker(worker_queues(settings, args.queues), connection=connection,
+                          maintenance_interval=60)
     worker.work(with_scheduler=True, burst=args.burst, logging_level=args.log_level)
 
 

@@ -48,7 +48,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: CountingServer
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         self.server.paths.append(self.path)
         reply = self.server.replies.get(self.path, Reply(b"not found", 404))
         self.send_response(reply.status)

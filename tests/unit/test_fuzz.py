@@ -11,8 +11,8 @@ from fastapi import HTTPException
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from schemathesis import GenerationMode
 from redis import Redis
+from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from ml_backend import jobs

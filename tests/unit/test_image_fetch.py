@@ -81,7 +81,8 @@ def test_urls_off_the_allow_list_are_refused_before_any_connection(ls_server, ur
 def test_an_internal_service_is_never_contacted(ls_server, elsewhere):
     ls = client_for(ls_server)
     for url in (elsewhere.url + "/secret", f"//{elsewhere.netloc}/secret",
-                f"http://user@{elsewhere.netloc}/secret", f"http://{ls_server.netloc}@{elsewhere.netloc}/"):
+                f"http://user@{elsewhere.netloc}/secret",
+                f"http://{ls_server.netloc}@{elsewhere.netloc}/"):
         with pytest.raises(ImageFetchError, match="not allowed"):
             ls.fetch_image(url)
     assert elsewhere.connections == 0

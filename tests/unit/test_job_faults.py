@@ -1,6 +1,7 @@
 """Retrain jobs under faults, with a real Redis and real RQ workers: duplicate and out-of-order
 webhooks, two workers on one project, Label Studio down."""
 
+import itertools
 import json
 import multiprocessing
 import os
@@ -93,7 +94,7 @@ def test_two_workers_never_retrain_one_project_at_once(settings, queue, redis, r
     spans = sorted(json.loads(s) for s in redis.lrange("spans", 0, -1))
     assert len(spans) == 4
     assert len({pid for _, _, pid in spans}) == 2  # both workers did take jobs
-    for (_, end, _), (start, _, _) in zip(spans, spans[1:]):
+    for (_, end, _), (start, _, _) in itertools.pairwise(spans):
         assert start >= end, spans
 
 

@@ -1,4 +1,4 @@
-"""Access to the HTTP API: basic auth, the webhook secret, request size; secrets stay out of logs."""
+"""Access to the HTTP API: basic auth, the webhook secret, request size; no secret in logs."""
 
 import base64
 import logging
