@@ -88,7 +88,7 @@ def batch_hard_triplet(emb: torch.Tensor, labels: torch.Tensor, margin: float) -
 
 def _train_transform(backbone: Backbone, augment: bool):
     if not augment:
-        return backbone.preprocess
+        return lambda img: backbone.inputs(backbone.preprocess(img)[None])[0]
     t = backbone.transform
     pipeline = v2.Compose([
         v2.RandomResizedCrop(backbone.input_size, scale=(0.5, 1.0), antialias=True),

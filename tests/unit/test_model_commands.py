@@ -50,7 +50,7 @@ def test_export_is_self_contained_and_answers_like_the_live_path(trained, tmp_pa
     model = torch.jit.load(str(folder / "model.pt"))
     bb = trained.backbone
     images = [png_bytes(c, 50 + i) for i, c in enumerate(("red", "green", "blue"))]
-    x = torch.stack([bb.preprocess(Image.open(io.BytesIO(b))) for b in images])
+    x = bb.inputs(torch.stack([bb.preprocess(Image.open(io.BytesIO(b))) for b in images]))
     with torch.no_grad():
         got = model(x).numpy()
     np.testing.assert_allclose(got, live_probs(trained, 1, images), atol=1e-5)
@@ -79,7 +79,7 @@ def test_a_torchvision_state_dict_imports_with_its_labels(runtime, tmp_path):
     assert out["classes"] == ["cat", "dog"] and out["backbone"] == "mobilenet_v3_small"
     images = [png_bytes("red", 1), png_bytes("blue", 2)]
     bb = runtime.backbone_for(3)
-    x = torch.stack([bb.preprocess(Image.open(io.BytesIO(b))) for b in images])
+    x = bb.inputs(torch.stack([bb.preprocess(Image.open(io.BytesIO(b))) for b in images]))
     with torch.no_grad():
         want = torch.softmax(net(x), 1).numpy()
     np.testing.assert_allclose(live_probs(runtime, 3, images), want, atol=1e-5)

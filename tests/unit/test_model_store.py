@@ -107,3 +107,17 @@ def test_embed_files_reports_unreadable_files_and_embeds_the_rest(tmp_path, tiny
     out = {p.name: (v, e) for p, v, e in embed_files(tiny_backbone, paths, batch_size=2)}
     assert out["a.png"][0].shape == (tiny_backbone.dim,) and out["b.png"][1] is None
     assert "decode" in out["bad.jpg"][1] and out["missing.png"][0] is None
+
+
+def test_split_preprocessing_equals_the_weights_transforms(tiny_backbone):
+    """Workers crop to uint8, batches are normalised at once: the result must not change."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(png_bytes("green", 4, size=300)))
+    crop = tiny_backbone.preprocess(img)
+    assert crop.dtype == torch.uint8 and crop.shape == (3, 224, 224)
+    torch.testing.assert_close(tiny_backbone.inputs(crop[None])[0],
+                               tiny_backbone.transform(img.convert("RGB")), rtol=0, atol=1e-6)
