@@ -16,8 +16,8 @@ What it measures (targets from the issue, on 2 CPU cores, no GPU):
     machine, it is the throughput ratio;
   * `/predict` for one task whose embedding is cached: `Runtime.predict` and the HTTP endpoint
     through fastapi's TestClient with a fake Label Studio: <= 20 ms.
-Timings are medians after a warm-up call (embedding: the best of interleaved rounds). The load average is printed: other processes on a
-2-core machine change every figure.
+Timings are medians after a warm-up call (embedding: the best of interleaved rounds). The load
+average is printed: other processes on a 2-core machine change every figure.
 """
 
 from __future__ import annotations
@@ -220,7 +220,8 @@ def bench_predict(repeat: int) -> None:
 
     with tempfile.TemporaryDirectory() as root:
         settings = Settings(model_dir=Path(root), backbone="mobilenet_v3_small", weights="none",
-                            label_studio_url="http://ls.test:8080", redis_url="redis://127.0.0.1:1/0")
+                            label_studio_url="http://ls.test:8080",
+                            redis_url="redis://127.0.0.1:1/0")
         rt = Runtime(settings)
         fake = FakeLabelStudio()
         rt.__dict__["labelstudio"] = fake

@@ -80,7 +80,7 @@ def _load_named_weights(net: nn.Module, name: str, enum) -> None:
     cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
     try:
         state = torch.hub.load_state_dict_from_url(enum.url, progress=False, map_location="cpu")
-    except Exception as exc:  # network errors come in many types
+    except Exception as exc:  # noqa: BLE001 - network errors come in many types
         raise WeightsUnavailable(
             f"weights {enum} for {name} are not cached and could not be downloaded ({exc}). "
             f"Download {enum.url} and save it as {cached} (TORCH_HOME sets the folder), "
@@ -94,7 +94,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     and from DataParallel's "module." prefix; never unpickles arbitrary objects."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - pickle and zip errors of many kinds
         raise WeightsUnavailable(f"{path} is not a torch state dict file ({exc})") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -114,7 +114,8 @@ def _load_file_weights(net: nn.Module, name: str, path: Path) -> None:
         first = str(exc).strip().splitlines()[-1].strip()
         raise WeightsUnavailable(f"{path} does not fit {name}: {first}") from None
     if missing:
-        raise WeightsUnavailable(f"{path} lacks {len(missing)} backbone tensors, e.g. {missing[:3]}")
+        raise WeightsUnavailable(
+            f"{path} lacks {len(missing)} backbone tensors, e.g. {missing[:3]}")
 
 
 def file_digest(path: Path) -> str:

@@ -87,7 +87,7 @@ def embed_tasks(
                 return task, digest, known, None, None
             img = decode_image(data, target=backbone.resize_size)
             return task, digest, None, backbone.preprocess(img), None
-        except Exception as exc:  # reported per task, never fatal for the batch
+        except Exception as exc:  # noqa: BLE001 - reported per task, never fatal for the batch
             return task, None, None, None, str(exc) or type(exc).__name__
 
     bar = tqdm(total=len(todo), desc="embedding", unit="img", disable=_quiet(progress, len(todo)))
@@ -144,7 +144,7 @@ def embed_files(
         try:
             img = decode_image(Path(path).read_bytes(), target=backbone.resize_size)
             return path, backbone.preprocess(img), None
-        except Exception as exc:  # one unreadable file never stops the others
+        except Exception as exc:  # noqa: BLE001 - one unreadable file never stops the others
             return path, None, str(exc) or type(exc).__name__
 
     batch: list[tuple[Path, torch.Tensor]] = []

@@ -2,8 +2,8 @@
 
 The head is retrained after every label on frozen embeddings; this adapts the embeddings
 themselves. The result is a state dict of the classifier-less backbone: saved as a weights file
-(`model.backbone.save_weights`), its digest gives the backbone a new fingerprint, so the embedding store moves to
-a fresh file and nothing computed with the old weights is mixed in.
+(`model.backbone.save_weights`), its digest gives the backbone a new fingerprint, so the
+embedding store moves to a fresh file and nothing computed with the old weights is mixed in.
 """
 
 from __future__ import annotations

@@ -110,7 +110,8 @@ def grow(old: Head | Ensemble, old_classes: list[str], classes: list[str], *, di
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         head = Head(cfg["dim"], len(classes), hidden=hidden, dropout=dropout)
-    state = {k: v for k, v in old.state_dict().items() if not k.startswith(f"body.{len(old.body) - 1}.")}
+    last = f"body.{len(old.body) - 1}."
+    state = {k: v for k, v in old.state_dict().items() if not k.startswith(last)}
     head.load_state_dict(state, strict=False)
     new_last, old_last = head.body[-1], old.body[-1]
     for i, c in enumerate(classes):

@@ -31,5 +31,5 @@ def decode_image(data: bytes, target: int = 224) -> Image.Image:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImage(f"image too large: {exc}") from None
-    except Exception as exc:  # PIL raises many types for corrupt data
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt data
         raise BadImage(f"cannot decode image: {exc}") from None

@@ -96,7 +96,7 @@ def fit(
         raise ValueError("every labelled task is held out: nothing left to train on")
     c = config
     xt, yt = x[train], y[train]
-    kw = dict(hidden=c.hidden, dropout=c.dropout, seed=c.seed, init=init)
+    kw = {"hidden": c.hidden, "dropout": c.dropout, "seed": c.seed, "init": init}
     probe, report = train_head(xt, yt, len(classes), **kw)
     epochs = report.best_epoch
     if report.val_loss is not None:  # early stopping held some rows back: refit on all of them
@@ -114,7 +114,7 @@ def fit(
 
     meta = {
         "classes": list(classes),
-        "n_labels": int(len(y)),
+        "n_labels": len(y),
         "n_train": int(train.sum()),
         "label_counts": {cl: int((y == i).sum()) for i, cl in enumerate(classes)},
         "n_heldout": int((roles == VAL).sum()),
@@ -159,7 +159,8 @@ def train_candidate(
     head, meta = fit(x, y, classes, roles=roles, config=config, init=init)
     by_role = {r: [t for t, role in zip(tasks, roles) if role == r] for r in (TRAIN, VAL, TEST)}
     if serving is None:
-        verdict = decide(config.metric, None, None, config.tolerance, reason="no version serves yet")
+        verdict = decide(config.metric, None, None, config.tolerance,
+                         reason="no version serves yet")
     elif not same_backbone and serving_x is None:
         verdict = decide(config.metric, None, None, config.tolerance,
                          reason="the serving version uses another backbone: not comparable")

@@ -92,7 +92,8 @@ class VersionStore:
         self._check(name)
         meta = self.meta(name)
         head = build_head(meta["head_config"])
-        state = torch.load(self.versions_dir / name / "head.pt", map_location="cpu", weights_only=True)
+        state = torch.load(self.versions_dir / name / "head.pt", map_location="cpu",
+                           weights_only=True)
         head.load_state_dict(state)
         head.eval()
         return ModelVersion(name, head, meta, self.versions_dir / name)

@@ -53,7 +53,7 @@ def test_fit_reports_heldout_metrics_and_counts():
     x, y = blobs()
     roles = assign_roles(list(range(len(y))), [None] * len(y), fraction=0.2, seed=0)
     n_val = int((roles == VAL).sum())
-    head, meta = fit(x, y, ["a", "b", "c"], roles=roles)
+    _, meta = fit(x, y, ["a", "b", "c"], roles=roles)
     assert meta["n_labels"] == len(y) and meta["n_heldout"] == n_val > 10
     assert meta["n_train"] == len(y) - n_val
     assert meta["metrics"]["accuracy"] > 0.9
@@ -123,7 +123,8 @@ def test_embed_tasks_caches_by_content_and_reports_bad_images(tmp_path, tiny_bac
 def test_random_backbone_is_identical_across_loads(tiny_backbone):
     other = load_backbone("mobilenet_v3_small", "none")
     img = Image.open(io.BytesIO(png_bytes("green", 3)))
-    np.testing.assert_allclose(tiny_backbone.embed_batch([img]), other.embed_batch([img]), atol=1e-5)
+    np.testing.assert_allclose(tiny_backbone.embed_batch([img]), other.embed_batch([img]),
+                               atol=1e-5)
     assert tiny_backbone.fingerprint == other.fingerprint
 
 

@@ -27,7 +27,8 @@ def test_finetune_changes_a_copy_and_the_file_gives_a_new_backbone(tmp_path, tin
     state = finetune(bb, images, labels, cfg, progress=False)
     for k, v in bb.net.state_dict().items():  # the serving backbone is untouched
         assert torch.equal(v, before[k])
-    assert any(not torch.equal(state[k], before[k]) for k in before if before[k].is_floating_point())
+    assert any(not torch.equal(state[k], before[k])
+               for k in before if before[k].is_floating_point())
 
     path = save_weights(tmp_path / "backbones", bb.name, state)
     tuned = load_backbone("mobilenet_v3_small", str(path))
