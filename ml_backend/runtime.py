@@ -75,7 +75,7 @@ class Runtime:
         """What a version records about its backbone; `backbone_weights` (relative to
         MODEL_DIR) only for a project's own backbone, so the others follow BACKBONE/WEIGHTS."""
         weights = None
-        if bb is not self.backbone:
+        if bb is not self.__dict__.get("backbone"):  # (without loading the configured one)
             weights = str(Path(bb.weights).resolve().relative_to(self.settings.model_dir.resolve()))
         return {"backbone": bb.name, "backbone_fingerprint": bb.fingerprint,
                 "backbone_weights": weights}

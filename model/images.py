@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import warnings
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 # Refuse decompression bombs outright instead of only warning about them.
 MAX_PIXELS = 64_000_000
@@ -31,5 +31,7 @@ def decode_image(data: bytes, target: int = 224) -> Image.Image:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImage(f"image too large: {exc}") from None
+    except UnidentifiedImageError:  # its message names an in-memory buffer: no use to anyone
+        raise BadImage("cannot decode image: not a format Pillow reads") from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt data
         raise BadImage(f"cannot decode image: {exc}") from None
