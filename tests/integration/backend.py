@@ -30,8 +30,24 @@ def backend_env(ls_url: str, token: str, redis_url: str, model_dir: Path) -> dic
     return env
 
 
+class BackendApi:
+    """The backend's HTTP answers the tests read; needs an `http` client on the backend's URL."""
+
+    http: httpx.Client
+
+    def status(self, project_id: int) -> dict[str, Any]:
+        r = self.http.get(f"/status/{project_id}")
+        r.raise_for_status()
+        return r.json()
+
+    def setup_version(self, project_id: int, schema: str) -> str:
+        r = self.http.post("/setup", json={"project": f"{project_id}.0", "schema": schema})
+        r.raise_for_status()
+        return r.json()["model_version"]
+
+
 @dataclass
-class Backend:
+class Backend(BackendApi):
     url: str
     server: ManagedProcess
     worker: ManagedProcess
@@ -44,16 +60,6 @@ class Backend:
             f"===== backend server ({self.server.log_path}) =====\n{self.server.tail(lines)}\n"
             f"===== backend worker ({self.worker.log_path}) =====\n{self.worker.tail(lines)}"
         )
-
-    def status(self, project_id: int) -> dict[str, Any]:
-        r = self.http.get(f"/status/{project_id}")
-        r.raise_for_status()
-        return r.json()
-
-    def setup_version(self, project_id: int, schema: str) -> str:
-        r = self.http.post("/setup", json={"project": f"{project_id}.0", "schema": schema})
-        r.raise_for_status()
-        return r.json()["model_version"]
 
     def stop(self) -> None:
         self.http.close()

@@ -11,20 +11,19 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import redis
 
-from .backend import BACKEND_START_TIMEOUT, backend_env
+from .backend import BACKEND_START_TIMEOUT, BackendApi, backend_env
 from .procs import REPO_ROOT, ManagedProcess, free_port, log_tail, wait_until
 
 _names = itertools.count(1)
 
 
 @dataclass
-class Stack:
-    """Duck-types `Backend` for loop.wait_for_idle_version: `status`, `logs`, `setup_version`."""
+class Stack(BackendApi):
+    """Like `Backend` for loop.wait_for_idle_version: `status`, `logs`, `setup_version`."""
 
     url: str
     env: dict[str, str]
@@ -56,16 +55,6 @@ class Stack:
                               timeout=120)
         assert done.returncode == 0, done.stderr
         return done.stdout
-
-    def status(self, project_id: int) -> dict[str, Any]:
-        r = self.http.get(f"/status/{project_id}")
-        r.raise_for_status()
-        return r.json()
-
-    def setup_version(self, project_id: int, schema: str) -> str:
-        r = self.http.post("/setup", json={"project": f"{project_id}.0", "schema": schema})
-        r.raise_for_status()
-        return r.json()["model_version"]
 
     def logs(self, lines: int = 60) -> str:
         return "\n".join(f"===== {p.name} ({p.log_path}) =====\n{log_tail(p.log_path, lines)}"
