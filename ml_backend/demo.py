@@ -223,15 +223,14 @@ def start_redis(procs: Processes, data: Path) -> str:
             time.sleep(0.1)
 
 
-def start_label_studio(procs: Processes, data: Path, state: dict, port: int) -> str:
-    if not os.access(LS_BIN, os.X_OK):
-        raise RuntimeError(f"Label Studio is not installed at {LS_BIN}: run `make labelstudio`")
+def label_studio_env(data_dir: Path, document_root: Path) -> dict[str, str]:
+    """The environment a headless Label Studio needs to serve local files and call us."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("LABEL_STUDIO_", "DJANGO_")) and k != "VIRTUAL_ENV"}
     env.update(
-        LABEL_STUDIO_BASE_DATA_DIR=str((data / "label-studio").resolve()),
+        LABEL_STUDIO_BASE_DATA_DIR=str(data_dir),
         LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
-        LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(DOCUMENT_ROOT),
+        LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(document_root),
         LABEL_STUDIO_COLLECT_ANALYTICS="false",
         LABEL_STUDIO_LATEST_VERSION_CHECK="false",
         # The backend runs on 127.0.0.1: without these Label Studio refuses to call it (403).
@@ -239,6 +238,13 @@ def start_label_studio(procs: Processes, data: Path, state: dict, port: int) -> 
         LABEL_STUDIO_SSRF_PROTECTION_ENABLED="false",
         PYTHONUNBUFFERED="1",
     )
+    return env
+
+
+def start_label_studio(procs: Processes, data: Path, state: dict, port: int) -> str:
+    if not os.access(LS_BIN, os.X_OK):
+        raise RuntimeError(f"Label Studio is not installed at {LS_BIN}: run `make labelstudio`")
+    env = label_studio_env((data / "label-studio").resolve(), DOCUMENT_ROOT)
     first = not (data / "label-studio").exists()
     procs.start("label-studio", [
         str(LS_BIN), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(port),

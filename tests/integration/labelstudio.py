@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 
+from ml_backend.demo import label_studio_env
+
 from .procs import REPO_ROOT, ManagedProcess, free_port, health_is_up, wait_until
 
 LS_BIN = REPO_ROOT / ".venv-ls" / "bin" / "label-studio"
@@ -29,20 +31,6 @@ def require_label_studio() -> Path:
     return LS_BIN
 
 
-def ls_env(data_dir: Path, images_root: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "DJANGO_"))}
-    env.pop("VIRTUAL_ENV", None)
-    env.update(
-        LABEL_STUDIO_BASE_DATA_DIR=str(data_dir),
-        LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
-        LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(images_root),
-        LABEL_STUDIO_COLLECT_ANALYTICS="false",
-        LABEL_STUDIO_LATEST_VERSION_CHECK="false",
-        LABEL_STUDIO_ML_BLOCK_LOCAL_IP="false",
-        LABEL_STUDIO_SSRF_PROTECTION_ENABLED="false",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
 
 
 class PortTaken(RuntimeError):
@@ -58,7 +46,7 @@ def _start_once(
         "--username", ADMIN_EMAIL, "--password", ADMIN_PASSWORD,
         "--user-token", ADMIN_TOKEN, "--enable-legacy-api-token",
     ]  # fmt: skip
-    env = ls_env(data_dir, images_root)
+    env = label_studio_env(data_dir, images_root)
     proc = ManagedProcess("label-studio", argv, log_path, env=env, cwd=data_dir)
     url = f"http://127.0.0.1:{port}"
     banner = f"127.0.0.1:{port}/"
