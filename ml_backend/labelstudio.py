@@ -171,8 +171,14 @@ class LabelStudioClient:
         return [b.model_dump() for b in self.sdk.ml.list(project=project)]
 
     def retitle_backend(self, backend: dict, title: str) -> None:
-        """Label Studio answers 500 unless a PATCH of an ML backend also carries url and project."""
-        self.sdk.ml.update(id=backend["id"], url=backend["url"], project=backend["project"], title=title)
+        """Label Studio answers 500 unless a PATCH of an ML backend also carries url and project,
+        and re-checks the connection: behind basic auth it needs our credentials again."""
+        auth = {}
+        if self.settings.basic_auth_user:
+            auth = {"auth_method": "BASIC_AUTH", "basic_auth_user": self.settings.basic_auth_user,
+                    "basic_auth_pass": self.settings.basic_auth_pass.get_secret_value()}
+        self.sdk.ml.update(id=backend["id"], url=backend["url"], project=backend["project"],
+                           title=title, **auth)
 
     def set_webhook_headers(self, project: int, urls: set[str], headers: dict[str, str]) -> int:
         """Add `headers` to the project's webhooks posting to one of `urls`; how many changed.

@@ -86,6 +86,9 @@ def test_start_training_reaches_the_webhook_with_basic_auth(ls_project, secured)
     ls_project.api.annotate(task, "green")  # refused: the webhook has no secret yet
     ls_project.api.post(f"/api/ml/{ml['id']}/train")  # Label Studio posts START_TRAINING itself
     status = wait_until(
-        lambda: (s := secured.status(ls_project.id))["serving_version"] and s, 180, 1.0,
-        "a retrain started by the Start Training button")
+        lambda: (s := secured.status(ls_project.id))["serving_version"] and s["jobs"] and s,
+        180, 1.0, "a retrain started by the Start Training button")
     assert [j["reason"] for j in status["jobs"]] == ["START_TRAINING"], status["jobs"]
+    assert status["jobs"][0]["status"] == "finished", status["jobs"]
+    # Keeping the title equal to the version re-checks the connection, with our credentials.
+    assert ls_project.api.get(f"/api/ml/{ml['id']}")["title"] == status["serving_version"]

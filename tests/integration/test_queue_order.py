@@ -209,10 +209,13 @@ def test_imported_task_gets_a_priority_of_the_serving_version(ls_project, backen
     seconds = time.monotonic() - t0
     assert 0.0 <= pred["score"] <= 1.0 and _choices(pred)[0] in CLASSES, pred
 
-    status = backend.status(pid)
-    done = [j for j in status["jobs"] if j.get("kind") == "prioritize" and j not in before]
-    assert any(j["reason"] == "TASKS_CREATED" and j["status"] == "finished"
-               and j.get("pushed") == 1 for j in done), status["jobs"]  # fmt: skip
+    def recorded() -> dict | None:  # the job records itself just after its push
+        status = backend.status(pid)
+        done = [j for j in status["jobs"] if j.get("kind") == "prioritize" and j not in before]
+        return status if any(j["reason"] == "TASKS_CREATED" and j["status"] == "finished"
+                             and j.get("pushed") == 1 for j in done) else None  # fmt: skip
+
+    status = wait_until(recorded, 60, 0.5, "the TASKS_CREATED job in the history")
     assert status["serving_version"] == version
 
     ls_project.truth[new] = "red"
