@@ -183,9 +183,10 @@ class Backbone:
         t = self.transform
         img = F.resize(img.convert("RGB"), t.resize_size, interpolation=t.interpolation,
                        antialias=True)
-        # pil_to_tensor gives a channels-first view of channels-last pixels: copying it here,
-        # in the worker, spares the batch stack a slow strided copy on the forward's thread.
-        return F.pil_to_tensor(F.center_crop(img, t.crop_size)).contiguous()
+        # Channels first, copied here in the worker with numpy (no torch thread pool involved):
+        # a strided view would make the batch stack a slow copy on the forward's thread.
+        pixels = np.asarray(F.center_crop(img, t.crop_size))
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
 
     def inputs(self, batch: torch.Tensor) -> torch.Tensor:
         """The network's input for a uint8 batch `[n, 3, s, s]`: float in [0, 1], normalised with
