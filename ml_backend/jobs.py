@@ -163,10 +163,13 @@ JOBS = {"retrain": retrain, "prioritize": prioritize, "reconcile": "ml_backend.r
 FORCED = {"START_TRAINING"}
 
 
-def read_pool(rt: Runtime, project: int) -> tuple[LabelConfig, Pool]:
-    """The project's label config and pool as Label Studio has them now."""
+def read_pool(rt: Runtime, project: int, tasks: list[dict] | None = None
+              ) -> tuple[LabelConfig, Pool]:
+    """The project's label config and pool as Label Studio has them now (from `tasks` when the
+    caller already listed them), with the annotation filters every job applies alike."""
     config = parse_label_config(rt.labelstudio.label_config(project))
-    pool = build_pool(rt.labelstudio.labelling_tasks(project), config,
+    tasks = rt.labelstudio.labelling_tasks(project) if tasks is None else tasks
+    pool = build_pool(tasks, config,
                       annotators=frozenset(rt.settings.annotators),
                       ground_truth_only=rt.settings.ground_truth_only)
     return config, pool
@@ -280,12 +283,10 @@ def _push_order(rt: Runtime, project: int, pool, config, model, *, replace: bool
 
 def _prioritize(rt: Runtime, project: int) -> dict:
     """New tasks get a priority under the serving version, so they are not starved."""
-    ls = rt.labelstudio
-    config = parse_label_config(ls.label_config(project))
-    tasks = list(ls.tasks(project))
+    tasks = list(rt.labelstudio.tasks(project))  # with predictions: which have one already
+    config, pool = read_pool(rt, project, tasks)
     model = rt.serving_model(project)
     version = model.name if model else UNTRAINED
-    pool = build_pool(tasks, config)
     have = {int(t["id"]) for t in tasks
             if any(p.get("model_version") == version for p in t.get("predictions") or [])}
     missing = [t for t in pool.unlabeled if t not in have]
