@@ -42,6 +42,7 @@ from model.embeddings import EmbeddingStore, embed_tasks  # noqa: E402
 from model.head import predict_proba  # noqa: E402
 from model.images import decode_image  # noqa: E402
 from model.training import TrainConfig, fit, train_candidate  # noqa: E402
+from benchmarks.timing import timed  # noqa: E402
 
 
 def row(what: str, figure: str, target: str = "", verdict: str = "") -> None:
@@ -50,17 +51,6 @@ def row(what: str, figure: str, target: str = "", verdict: str = "") -> None:
 
 def verdict(ok: bool) -> str:
     return "ok" if ok else "MISSED"
-
-
-def timed(fn, repeat: int = 3) -> float:
-    """Median wall time of `repeat` calls, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def load() -> str:
@@ -93,7 +83,7 @@ def bench_head(n: int) -> None:
         def run(cfg=cfg):
             out["c"] = train_candidate(x, labels, tasks, classes, config=cfg)
 
-        t = timed(run)
+        t = timed(run, repeat=3)
         meta = out["c"].meta
         extra = f"(epochs {meta['train']['epochs']}, val acc {meta['metrics']['accuracy']:.3f})"
         row(f"train_candidate: {name} {extra}", f"{t:.3f} s",

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sampling import rank  # noqa: E402
 from sampling.coreset import farthest_first  # noqa: E402
+from benchmarks.timing import timed  # noqa: E402
 
 ROWS: list[tuple[str, str, str, str]] = []
 
@@ -38,17 +39,6 @@ ROWS: list[tuple[str, str, str, str]] = []
 def row(what: str, figure: str, target: str = "", verdict: str = "") -> None:
     ROWS.append((what, figure, target, verdict))
     print(f"  {what:<58} {figure:>22}  {target:<14} {verdict}", flush=True)
-
-
-def timed(fn, repeat: int = 1) -> float:
-    """Median wall time of ``repeat`` calls, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def mean_time(fn, calls: int) -> float:
