@@ -12,7 +12,10 @@ which embeds every image once, and `--prelabel` tasks are labelled (past the col
 Then, one at a time, a task is taken from the label stream (`GET /api/projects/{id}/next/`)
 and annotated, and the clock runs until Label Studio serves the new order: the project's
 `model_version` is a new version and that version has one prediction per unlabelled task.
-`--profile` then runs one retrain in this process with each step timed. Goals:
+`--profile` then runs two retrains in this process and times each step of the second (the
+first, like a worker's first, lists every task; later ones re-read only annotated tasks), and
+measures how fast old predictions are deleted. The backend keeps `--keep-versions` versions, by
+default enough that no deletion runs during the measured submits. Goals:
 
 * submit -> new order live in Label Studio: median at most 10 s (5,000 tasks, 2 cores);
 * `/webhook` answers within 50 ms at the 99th percentile while a retrain runs.
@@ -32,6 +35,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 
@@ -52,7 +56,7 @@ from tests.integration.labelstudio import (
     LSApi,
     start_label_studio,
 )
-from tests.integration.loop import connect_backend, queue_busy, run_seed, wait_for_idle_version
+from tests.integration.loop import connect_backend, queue_busy, run_seed
 from tests.integration.procs import ManagedProcess, free_port, wait_until
 
 GOAL_MEDIAN_SECONDS = 10.0
@@ -134,6 +138,30 @@ class Bench:
 
         return wait_until(check, LIVE_TIMEOUT, 0.2, "the backend to be idle")
 
+    def retrain_idle(self) -> dict:
+        """No retrain waiting or running (`prune` jobs deleting old versions may be: they are
+        what annotators' next submits meet in a large project)."""
+
+        def check():
+            status = self.backend.status(self.pid)
+            queue = status["queue"]
+            running = queue["running"] and not queue.get("deleting_old_versions")
+            return None if queue["retrain_pending"] or running else status
+
+        return wait_until(check, LIVE_TIMEOUT, 0.2, "no retrain to be waiting or running")
+
+    def recorded(self, version: str) -> dict:
+        """The status once the job that made `version` live is in the history."""
+
+        def check():
+            status = self.backend.status(self.pid)
+            failed = [j for j in status["jobs"] if j.get("status") == "failed"]
+            if failed:
+                raise AssertionError(f"job failed: {failed}\n{self.backend.logs(60)}")
+            return status if any(j.get("version") == version for j in status["jobs"]) else None
+
+        return wait_until(check, LIVE_TIMEOUT, 0.2, f"the job of {version} in the history")
+
     def submit_and_wait(self, labelled: set[int]) -> dict:
         before = self.api.get(f"/api/projects/{self.pid}/")["model_version"]
         task = self.api.next_task(self.pid)
@@ -148,7 +176,7 @@ class Bench:
         version = wait_until(lambda: self.live(before, unlabelled), LIVE_TIMEOUT, 0.2,
                              "the new order in Label Studio")  # fmt: skip
         live = time.perf_counter() - t0
-        status = self.idle()
+        status = self.recorded(version)  # not idle: old versions may still be being deleted
         since = [j for j in status["jobs"] if j.get("started_at", 0) >= wall - 1]
         job = next((j for j in since if j.get("version") == version), None)
         if job is None:  # e.g. it went live, then failed and is waiting for a retry
@@ -161,7 +189,7 @@ class Bench:
 
     def webhooks_during_retrain(self, n: int) -> dict:
         """`n` sequential webhooks while a retrain runs; latencies of those inside it."""
-        status = self.idle()
+        status = self.retrain_idle()
         done_before = len(status["jobs"])
         http = self.backend.http
         r = http.post("/webhook", json={"action": "START_TRAINING", "project": self.pid})
@@ -177,9 +205,12 @@ class Bench:
                 p0 = time.perf_counter()
                 r = client.post("/webhook", json=body)
                 samples.append((t0, (time.perf_counter() - p0) * 1000, r.status_code))
-        status = self.idle()
-        jobs = status["jobs"][: len(status["jobs"]) - done_before]
-        forced = next(j for j in jobs if j.get("reason") == "START_TRAINING")
+        def forced_done():
+            status = self.backend.status(self.pid)
+            jobs = status["jobs"][: len(status["jobs"]) - done_before]
+            return next((j for j in jobs if j.get("reason") == "START_TRAINING"), None)
+
+        forced = wait_until(forced_done, LIVE_TIMEOUT, 0.2, "the START_TRAINING retrain")
         start, end = forced["started_at"], forced["started_at"] + forced["seconds"]
         inside = [ms for t, ms, _ in samples if start <= t <= end]
         codes = sorted({c for _, _, c in samples})
@@ -188,7 +219,8 @@ class Bench:
 
 
 def profile_retrain(env: dict[str, str], pid: int) -> dict[str, float]:
-    """One retrain in this process with each step timed (the worker runs the same code)."""
+    """A retrain in this process with each step timed (the worker runs the same code), after
+one that fills the kept task listing."""
     os.environ.update(env)
     from ml_backend import jobs, priorities
     from ml_backend.labelstudio import LabelStudioClient
@@ -225,17 +257,50 @@ def profile_retrain(env: dict[str, str], pid: int) -> dict[str, float]:
     for owner, name, consume in patches:
         setattr(owner, name, timed(f"{getattr(owner, '__name__', owner)}.{name}",
                                    getattr(owner, name), consume))  # fmt: skip
+    # As in a worker's job: its Redis, so the task listing is kept from one retrain to the next.
+    import redis
+
+    current_job = jobs.get_current_job
+    job = SimpleNamespace(connection=redis.Redis.from_url(env["REDIS_URL"]))
+    jobs.get_current_job = lambda: job
     try:
         rt = Runtime(Settings())
         _ = rt.backbone  # loaded before the clock, as in the worker
+        first = time.perf_counter()
+        jobs._retrain(rt, pid, force=True)  # a worker's first retrain lists every task
+        listed = times["LabelStudioClient.labelling_tasks"]
+        times.clear()
         start = time.perf_counter()
         out = jobs._retrain(rt, pid, force=True)
         times["total"] = time.perf_counter() - start
         times["version"] = out.get("version")
+        times["first retrain of a worker: listing every task"] = listed
+        times["first retrain of a worker: total"] = start - first
     finally:
+        jobs.get_current_job = current_job
         for owner, name, fn in saved:
             setattr(owner, name, fn)
     return times
+
+
+def deletion_rate(env: dict[str, str], pid: int, seconds: float = 30.0) -> str:
+    """How fast old predictions are deleted the way the backend does it (one per request), over
+    `seconds`."""
+    from ml_backend.labelstudio import LabelStudioClient
+    from ml_backend.settings import Settings
+
+    client = LabelStudioClient(Settings())
+    stored = client.model_versions(pid)
+    oldest = min((v for v in stored if v[1:].isdigit()), key=lambda v: int(v[1:]))
+    before = stored[oldest]
+    t0 = time.monotonic()
+    left = client.delete_model_version(pid, oldest, more=lambda: time.monotonic() - t0 < seconds)
+    elapsed = time.monotonic() - t0
+    client.close()
+    done = before - left
+    return (f"deleting {oldest}: {done} predictions in {elapsed:.1f}s, "
+            f"{done / elapsed:.1f}/s, {1000 * elapsed / max(done, 1):.0f} ms each; a "
+            f"{before}-prediction version takes {before * elapsed / max(done, 1) / 60:.1f} min")
 
 
 def main() -> int:
@@ -247,6 +312,10 @@ def main() -> int:
                         "start, `auto` orders by margin as in most of a project's life)")
     parser.add_argument("--webhooks", type=int, default=300)
     parser.add_argument("--profile", action="store_true", help="time each step of a retrain")
+    parser.add_argument("--keep-versions", type=int, default=50,
+                        help="KEEP_VERSIONS of the backend: by default no old version is deleted "
+                        "during the measured submits (--profile measures how fast Label Studio "
+                        "deletes them)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "data" / "bench-loop")
     args = parser.parse_args()
 
@@ -281,6 +350,7 @@ def main() -> int:
         cached = cache.is_dir()
         if cached:
             shutil.copytree(cache, model_dir / "embeddings")
+        os.environ["KEEP_VERSIONS"] = str(args.keep_versions)
         backend = start_backend(ls_url, ADMIN_TOKEN, redis_url, run_dir / "backend")
         connect_backend(project, backend)
         t0 = time.monotonic()
@@ -301,7 +371,12 @@ def main() -> int:
             for t in first[: args.prelabel]:
                 api.annotate(t, project.truth[t])
                 labelled.add(t)
-            wait_for_idle_version(backend, project.id, len(labelled), timeout=3600)
+            def trained_on_all():
+                status = bench.retrain_idle()
+                versions = status.get("versions") or []
+                return versions and versions[-1]["n_labels"] == len(labelled)
+
+            wait_until(trained_on_all, 3600, 1.0, "a version trained on the first labels")
             print(f"{len(labelled)} labels given first; trained on them and idle after "
                   f"{time.monotonic() - t0:.0f}s")
         rows = []
@@ -333,12 +408,13 @@ def main() -> int:
                   f"{GOAL_WEBHOOK_P99_MS:.0f} ms: {verdict}")
 
         if args.profile:
-            bench.idle()
+            bench.retrain_idle()
             env = backend_env(ls_url, ADMIN_TOKEN, redis_url, model_dir)
             times = profile_retrain(env, project.id)
-            print("\none retrain in-process, by step (s):")
+            print("\na retrain in-process (after a first one), by step (s):")
             print(json.dumps({k: round(v, 3) if isinstance(v, float) else v
                               for k, v in times.items()}, indent=1))  # fmt: skip
+            print(deletion_rate(env, project.id))
         done = True
     finally:
         if backend is not None:

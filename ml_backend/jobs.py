@@ -13,6 +13,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
@@ -48,6 +49,16 @@ def history_key(project: int) -> str:
 
 def annotations_key(project: int) -> str:
     return f"al:new-annotations:{project}"
+
+
+def tasks_changed_key(project: int) -> str:
+    """Counts TASKS_CREATED and TASKS_DELETED events: a worker's kept task listing is stale
+    once it moves."""
+    return f"al:tasks-changed:{project}"
+
+
+def note_tasks_changed(redis: Redis, project: int) -> None:
+    redis.incr(tasks_changed_key(project))
 
 
 def enqueue(redis: Redis, settings: Settings, kind: str, project: int, reason: str) -> dict:
@@ -113,8 +124,9 @@ def runtime() -> Runtime:
     return Runtime(get_settings())
 
 
-def _run_locked(kind: str, project: int, reason: str, work) -> dict:
-    """Run `work(runtime, project)` under the project's lock and record it in the job history."""
+def _run_locked(kind: str, project: int, reason: str, work, *, record: bool = True) -> dict:
+    """Run `work(runtime, project)` under the project's lock and record it in the job history
+    (unless `record` is false: then only a failure is recorded)."""
     job = get_current_job()
     redis: Redis = job.connection
     rt = runtime()
@@ -132,13 +144,15 @@ def _run_locked(kind: str, project: int, reason: str, work) -> dict:
         entry |= {"status": "finished", **result}
         return result
     except Exception as exc:
+        rt.labelstudio.forget_tasks(project)  # a retry lists every task afresh
         # RQ runs it again while retries are left; only the last attempt is a failure.
         status = "retrying" if (job.retries_left or 0) > 0 else "failed"
         entry |= {"status": status, "error": f"{type(exc).__name__}: {exc}"}
         raise
     finally:
         entry["seconds"] = round(time.time() - started, 3)
-        _record(redis, project, entry)
+        if record or entry["status"] != "finished":
+            _record(redis, project, entry)
         try:
             lock.release()
         except LockError:  # it expired; another job may already hold it
@@ -156,8 +170,25 @@ def prioritize(project: int, reason: str = "") -> dict:
     return _run_locked("prioritize", project, reason, _prioritize)
 
 
+def prune(project: int, reason: str = "") -> dict:
+    """RQ job: delete old prediction versions for one slice (PRUNE_SLICE_SECONDS), then queue
+    itself again while any is left, so retrains queued meanwhile go first. Slices are recorded
+    in the job history only when they fail."""
+
+    def work(rt: Runtime, project: int) -> dict:
+        stored = rt.labelstudio.model_versions(project)
+        deleted, pending = priorities.prune_versions(rt, project, rt.serving_version(project),
+                                                     stored, interrupted=retrain_waiting(project))
+        result = {"deleted_versions": deleted, "prune_pending": pending}
+        _continue_pruning(rt, project, result)
+        return result
+
+    return _run_locked("prune", project, reason, work, record=False)
+
+
 # reconcile.py imports this module, so its job is named by path.
-JOBS = {"retrain": retrain, "prioritize": prioritize, "reconcile": "ml_backend.reconcile.reconcile",
+JOBS = {"retrain": retrain, "prioritize": prioritize, "prune": prune,
+        "reconcile": "ml_backend.reconcile.reconcile",
         "finetune": "ml_backend.jobs.finetune"}  # defined below _retrain, which it calls
 # Reasons that retrain even when the labels are those of the newest version.
 FORCED = {"START_TRAINING"}
@@ -166,9 +197,17 @@ FORCED = {"START_TRAINING"}
 def read_pool(rt: Runtime, project: int, tasks: list[dict] | None = None
               ) -> tuple[LabelConfig, Pool]:
     """The project's label config and pool as Label Studio has them now (from `tasks` when the
-    caller already listed them), with the annotation filters every job applies alike."""
-    config = parse_label_config(rt.labelstudio.label_config(project))
-    tasks = rt.labelstudio.labelling_tasks(project) if tasks is None else tasks
+    caller already listed them), with the annotation filters every job applies alike.
+
+    Inside a job the listing of every task is kept between jobs while the project's task count
+    and its task events (`tasks_changed_key`) stay the same: see `labelling_tasks`."""
+    info = rt.labelstudio.project(project)
+    config = parse_label_config(info.label_config or "")
+    if tasks is None:
+        job = get_current_job()
+        token = None if job is None else (
+            info.task_number, job.connection.get(tasks_changed_key(project)))
+        tasks = rt.labelstudio.labelling_tasks(project, token=token)
     pool = build_pool(tasks, config,
                       annotators=frozenset(rt.settings.annotators),
                       ground_truth_only=rt.settings.ground_truth_only)
@@ -225,11 +264,30 @@ def _retrain(rt: Runtime, project: int, *, force: bool = True) -> dict:
                 "metrics": meta["metrics"], "promotion": meta["promotion"]}
     # Predictions first, then the pointer /setup reads, then the switch: Label Studio never
     # asks /predict for a version whose priorities are not in place yet.
+    made_room = priorities.make_room(rt, project, name)
     queue = _push_order(rt, project, pool, config, versions.load(name))
+    queue["made_room"] = made_room
     versions.promote(name)
-    queue |= priorities.switch(rt, project, name)
+    queue |= priorities.switch(rt, project, name, interrupted=retrain_waiting(project))
+    _continue_pruning(rt, project, queue)
     log.info("project %s: trained %s on %d labels, serving it", project, name, len(tasks))
     return {"version": name, "n_labels": len(tasks), "metrics": meta["metrics"], "queue": queue}
+
+
+def retrain_waiting(project: int) -> Callable[[], bool]:
+    """A check that a retrain of `project` is queued (never, outside a job): deleting old
+    versions gives way to it at once."""
+    job = get_current_job()
+    if job is None:
+        return lambda: False
+    return lambda: bool(job.connection.exists(pending_key(project)))
+
+
+def _continue_pruning(rt: Runtime, project: int, queue: dict) -> None:
+    """Queue a `prune` job when old versions are left to delete (only from a job)."""
+    job = get_current_job()
+    if queue.get("prune_pending") and job is not None:
+        enqueue(job.connection, rt.settings, "prune", project, "old versions left")
 
 
 def _serving_x(rt: Runtime, project: int, serving, bb, urls: dict[int, str]) -> np.ndarray | None:
@@ -283,15 +341,15 @@ def _push_order(rt: Runtime, project: int, pool, config, model, *, replace: bool
 
 def _prioritize(rt: Runtime, project: int) -> dict:
     """New tasks get a priority under the serving version, so they are not starved."""
-    tasks = list(rt.labelstudio.tasks(project))  # with predictions: which have one already
-    config, pool = read_pool(rt, project, tasks)
+    config, pool = read_pool(rt, project)
     model = rt.serving_model(project)
     version = model.name if model else UNTRAINED
-    have = {int(t["id"]) for t in tasks
-            if any(p.get("model_version") == version for p in t.get("predictions") or [])}
-    missing = [t for t in pool.unlabeled if t not in have]
-    if not missing or (model is None and not have):
-        return {"pushed": 0, "version": version}  # nothing new, or no order to join yet
+    if model is None and version not in rt.labelstudio.model_versions(project):
+        return {"pushed": 0, "version": version}  # neither a model nor a seeded order yet
+    lacking = rt.labelstudio.tasks_lacking(project, version)
+    missing = [t for t in pool.unlabeled if t in lacking]
+    if not missing:
+        return {"pushed": 0, "version": version}
     plan = priorities.plan_order(rt, project, pool, config, model,
                                  strategy=rt.settings.strategy, k=rt.settings.queue_batch)
     wanted = set(missing)

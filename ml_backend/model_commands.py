@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ml_backend import jobs, priorities
 from ml_backend.runtime import Runtime
 from ml_backend.settings import get_settings
 from model.backbone import Backbone, save_weights
@@ -76,19 +77,28 @@ def _version_backbone(rt: Runtime, model: ModelVersion) -> Backbone:
 
 
 def rollback(rt: Runtime, project: int, name: str) -> dict:
-    """Serve version `name` again; the versions themselves are never changed or deleted."""
+    """Serve version `name` again and make Label Studio's queue follow it; the versions
+    themselves are never changed or deleted.
+
+    As after a retrain: its predictions for every unlabelled task first (replacing any it had,
+    which may be stale), then the pointer /setup reads, then the switch and the backend's title.
+    """
     store = rt.versions(project)
     before = store.serving()
-    store.load(name)  # refuses unknown names and unreadable heads before anything changes
+    model = store.load(name)  # refuses unknown names and unreadable heads before anything changes
+    config, pool = jobs.read_pool(rt, project)
+    queue = jobs._push_order(rt, project, pool, config, model, replace=True)
     store.promote(name)
     store.update_meta(name, rolled_back_at=time.time(), rolled_back_from=before)
+    queue |= priorities.switch(rt, project, name)
     log.info("project %s: rolled back from %s to %s", project, before, name)
-    return {"project": project, "serving": name, "was": before}
+    return {"project": project, "serving": name, "was": before, "pushed": queue["pushed"]}
 
 
 def _rollback(args: argparse.Namespace) -> None:
     out = rollback(_runtime(), args.project, args.version)
-    print(f"project {out['project']}: {out['serving']} serves now (was {out['was']})")
+    print(f"project {out['project']}: {out['serving']} serves now (was {out['was']}); "
+          f"{out['pushed']} unlabelled tasks queued by it")
 
 
 # -- export -----------------------------------------------------------------------------------

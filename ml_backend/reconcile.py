@@ -32,10 +32,14 @@ REASON = "RECONCILE"
 
 
 def check(rt: Runtime, redis: Redis, project: int) -> dict:
-    """Secure the project's webhook; queue a retrain if its labels changed since the last one."""
+    """Secure the project's webhook; queue the deletion of old prediction versions left over
+    (by `seed` or `rollback`, say); queue a retrain if its labels changed since the last one."""
     secured = priorities.secure_webhooks(rt, project)
     config, pool = jobs.read_pool(rt, project)
     out = {"project": project, "labels": len(pool.labels), "webhooks_secured": secured}
+    stored = rt.labelstudio.model_versions(project)
+    if priorities.stale_versions(rt, rt.serving_version(project), stored):
+        out["prune"] = jobs.enqueue(redis, rt.settings, "prune", project, REASON)["status"]
     if not pool.labels or pool.digest(config.classes) == jobs.trained_digest(rt, project):
         return out | {"status": "in step"}
     return out | jobs.enqueue(redis, rt.settings, "retrain", project, REASON)

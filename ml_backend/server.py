@@ -37,6 +37,8 @@ RETRAIN_EVENTS = {
     "ANNOTATIONS_DELETED",
     "START_TRAINING",
 }
+# New tasks get a priority under the serving version; both make workers re-list the tasks.
+TASK_EVENTS = {"TASKS_CREATED", "TASKS_DELETED"}
 
 
 MAX_ID = 2**63 - 1  # Label Studio's ids are database integers
@@ -181,7 +183,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     @app.post("/webhook")
     def webhook(event: WebhookEvent) -> JSONResponse:
         requests.labels("webhook").inc()
-        if event.action not in RETRAIN_EVENTS and event.action != "TASKS_CREATED":
+        if event.action not in RETRAIN_EVENTS and event.action not in TASK_EVENTS:
             enqueued.labels("ignored").inc()
             return JSONResponse({"status": "ignored", "action": event.action})
         source = event.project
@@ -191,7 +193,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             source = event.annotation.get("project")
         project = project_id(source)
         try:
-            if event.action == "TASKS_CREATED":
+            if event.action in TASK_EVENTS:
+                jobs.note_tasks_changed(redis(), project)  # workers list the tasks afresh
+            if event.action == "TASKS_DELETED":
+                outcome = {"status": "noted", "project": project}
+            elif event.action == "TASKS_CREATED":
                 outcome = jobs.enqueue(redis(), settings, "prioritize", project, event.action)
             else:
                 outcome = jobs.enqueue_retrain(redis(), settings, project, event.action)
@@ -236,6 +242,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             conn = redis()
             queue_state = {
                 "retrain_pending": bool(conn.exists(jobs.pending_key(project))),
+                "deleting_old_versions": bool(conn.exists(jobs.pending_key(project, "prune"))),
                 "running": bool(conn.exists(jobs.lock_key(project))),
                 "queued_jobs": Queue(settings.queue_name, connection=conn).count,
             }

@@ -76,6 +76,11 @@ class Settings(BaseSettings):
         300, ge=0, description="Seconds between a worker's checks that every project's serving "
         "version has Label Studio's current labels; 0: only `python -m ml_backend reconcile`.",
     )
+    task_list_max_age: float = Field(
+        600, ge=0, description="Seconds a worker reuses its listing of a project's tasks between "
+        "retrains (annotated tasks are always read afresh; task imports and deletions re-list "
+        "at once); 0: list every task on every retrain.",
+    )
     strategy: str = Field("auto", description="Sampling strategy that orders the queue.")
     queue_batch: int = Field(
         20, ge=1, description="Tasks a batch-aware strategy chooses jointly at the queue's head."
@@ -84,6 +89,11 @@ class Settings(BaseSettings):
         1, ge=1, description="Retrain after this many new annotations (START_TRAINING always does)."
     )
     keep_versions: int = Field(3, ge=1, description="Prediction versions kept in Label Studio.")
+    prune_slice_seconds: float = Field(
+        5, gt=0, description="Seconds a job spends at a time deleting old prediction versions "
+        "(one prediction per request, so annotators are never blocked); a `prune` job goes on "
+        "with the rest, behind any retrain queued meanwhile.",
+    )
     backend_url: str = Field(
         "", description="URL Label Studio uses to reach this backend (finds it among ML backends)."
     )

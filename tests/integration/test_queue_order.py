@@ -222,3 +222,12 @@ def test_imported_task_gets_a_priority_of_the_serving_version(ls_project, backen
     order = assert_queue_follows(ls_project, backend, version, labelled)
     assert new in order
     print(f"task {new} got a {version} priority after {seconds:.1f}s: place {order.index(new)}")
+
+    # The worker keeps its listing of the project's tasks between retrains; the import made it
+    # list them again, so the next retrain orders the new task too.
+    other = next(t for t in ls_project.task_ids if t not in labelled and t != new)
+    api.annotate(other, ls_project.truth[other])
+    labelled.add(other)
+    status = wait_for_idle_version(backend, pid, n_labels=len(labelled))
+    assert status["serving_version"] != version
+    assert new in assert_queue_follows(ls_project, backend, status["serving_version"], labelled)

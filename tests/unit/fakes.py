@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from tests.images import png_bytes
 
 CONFIG = (
@@ -17,7 +19,7 @@ class FakeLabelStudio:
         self.task_list: list[dict] = []
         self.fetches = 0
         self.predictions: list[dict] = []
-        self.project: dict = {"sampling": "Sequential sampling", "model_version": ""}
+        self.sampling: dict = {"sampling": "Sequential sampling", "model_version": ""}
         self.backends: list[dict] = [
             {"id": 1, "url": "http://backend:9090", "project": 1, "title": "untrained",
              "model_version": "untrained"},
@@ -30,6 +32,7 @@ class FakeLabelStudio:
             {"id": 2, "project": 1, "url": "http://other:9090/webhook", "headers": {}},
         ]
         self.down = False  # True: every call fails as if Label Studio were unreachable
+        self.deletes_per_call = 10**9  # predictions deleted before a deadline passes
         tid = 0
         for label in ("red", "green", "blue"):
             for i in range(n_per_class):
@@ -48,21 +51,31 @@ class FakeLabelStudio:
                                              "type": "choices", "value": {"choices": [label]}}],
         }
 
-    def label_config(self, project: int) -> str:
+    def project(self, project: int) -> SimpleNamespace:
         if self.down:
             raise ConnectionError("[Errno 111] Connection refused")
-        return self.config
+        return SimpleNamespace(label_config=self.config, task_number=len(self.task_list))
+
+    def label_config(self, project: int) -> str:
+        return self.project(project).label_config
 
     def tasks(self, project: int, *, only_annotated: bool = False):
         for t in self.task_list:
             if t["annotations"] or not only_annotated:
                 yield t | {"predictions": [p for p in self.predictions if p["task"] == t["id"]]}
 
-    def labelling_tasks(self, project: int):
+    def labelling_tasks(self, project: int, *, token=None) -> list[dict]:
         """Like Label Studio's: every task with its annotations, no predictions."""
         if self.down:
             raise ConnectionError("[Errno 111] Connection refused")
-        yield from (dict(t) for t in self.task_list)
+        return [dict(t) for t in self.task_list]
+
+    def tasks_lacking(self, project: int, version: str) -> set[int]:
+        have = {p["task"] for p in self.predictions if p["model_version"] == version}
+        return {t["id"] for t in self.task_list} - have
+
+    def forget_tasks(self, project: int) -> None:
+        pass
 
     def fetch_image(self, url: str) -> bytes:
         self.fetches += 1
@@ -77,7 +90,7 @@ class FakeLabelStudio:
     def serve_by_priority(self, project: int, version: str) -> None:
         if version not in self.model_versions(project):
             raise RuntimeError("400: model version has no predictions")
-        self.project = {"sampling": "Uncertainty sampling", "model_version": version}
+        self.sampling = {"sampling": "Uncertainty sampling", "model_version": version}
 
     def model_versions(self, project: int) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -85,8 +98,17 @@ class FakeLabelStudio:
             counts[p["model_version"]] = counts.get(p["model_version"], 0) + 1
         return counts
 
-    def delete_model_version(self, project: int, version: str) -> None:
-        self.predictions = [p for p in self.predictions if p["model_version"] != version]
+    def delete_model_version(self, project: int, version: str, *, more=None) -> int:
+        """Like Label Studio: one prediction per request while `more()` (all without it), and
+        `deletes_per_call` at most; how many are left."""
+        doomed = [i for i, p in enumerate(self.predictions) if p["model_version"] == version]
+        if more is not None:
+            n = 0
+            while n < min(len(doomed), self.deletes_per_call) and more():
+                n += 1
+            doomed = doomed[:n]
+        self.predictions = [p for i, p in enumerate(self.predictions) if i not in set(doomed)]
+        return sum(p["model_version"] == version for p in self.predictions)
 
     def ml_backends(self, project: int) -> list[dict]:
         return [dict(b) for b in self.backends]

@@ -78,3 +78,105 @@ def test_labelling_tasks_list_every_task_light_and_only_annotated_ones_in_full(m
     columns = {item["filter"] for item in ANNOTATED["items"]}
     assert columns == {"filter:tasks:total_annotations", "filter:tasks:cancelled_annotations"}
     assert ANNOTATED["conjunction"] == "or"
+
+
+def _counting_listing(ls, monkeypatch, light: list[dict], full: list[dict]) -> list[str]:
+    calls = []
+
+    def listing(project, *, fields=None, filters=None):
+        calls.append("annotated" if filters else "every")
+        return iter(list(full) if filters else list(light))
+
+    monkeypatch.setattr(ls, "_list_tasks", listing)
+    return calls
+
+
+def test_a_kept_listing_is_reused_while_the_token_holds(monkeypatch):
+    """A retrain re-reads only annotated tasks while the task list is unchanged; annotations
+    are always fresh."""
+    ls = client(label_studio_api_key=LEGACY)
+    light = [{"id": i, "data": {"image": f"/i/{i}.png"}} for i in (1, 2, 3)]
+    full = [{"id": 2, "data": {"image": "/i/2.png"}, "annotations": [{"id": 7}]}]
+    calls = _counting_listing(ls, monkeypatch, light, full)
+    ls.labelling_tasks(5, token=(3, None))
+    full[0] = full[0] | {"annotations": [{"id": 9}]}  # relabelled meanwhile
+    tasks = ls.labelling_tasks(5, token=(3, None))
+    assert calls == ["annotated", "every", "annotated"]
+    assert [(t["id"], [a["id"] for a in t["annotations"]]) for t in tasks] == [
+        (1, []), (2, [9]), (3, [])]
+    ls.labelling_tasks(5, token=(4, None))  # a task more: listed again
+    assert calls[-2:] == ["annotated", "every"]
+
+
+def test_a_kept_listing_is_dropped_when_stale(monkeypatch):
+    ls = client(label_studio_api_key=LEGACY)
+    light = [{"id": i, "data": {"image": f"/i/{i}.png"}} for i in (1, 2)]
+    full = []
+    calls = _counting_listing(ls, monkeypatch, light, full)
+    ls.labelling_tasks(5, token="t")
+    light.append({"id": 3, "data": {"image": "/i/3.png"}})
+    full.append({"id": 3, "data": {"image": "/i/3.png"}, "annotations": [{"id": 1}]})
+    tasks = ls.labelling_tasks(5, token="t")  # an annotated task it lacks: re-listed
+    assert [t["id"] for t in tasks] == [1, 2, 3] and calls[-1] == "every"
+    ls.forget_tasks(5)
+    ls.labelling_tasks(5, token="t")
+    assert calls[-1] == "every"
+    ls.labelling_tasks(5)  # no token: never kept
+    ls.labelling_tasks(5)
+    assert calls[-4:] == ["annotated", "every", "annotated", "every"]
+
+
+def test_a_kept_listing_ages_out(monkeypatch):
+    ls = LabelStudioClient(Settings(label_studio_url="http://ls.test:8080/", task_list_max_age=0))
+    calls = _counting_listing(ls, monkeypatch, [{"id": 1, "data": {}}], [])
+    ls.labelling_tasks(5, token="t")
+    ls.labelling_tasks(5, token="t")
+    assert calls.count("every") == 2
+
+
+def test_tasks_lacking_a_version_are_asked_of_label_studio_by_filter(monkeypatch):
+    ls = client(label_studio_api_key=LEGACY)
+    seen = {}
+
+    def listing(project, *, fields=None, filters=None):
+        seen["filters"] = filters
+        return iter([{"id": 4}, {"id": 9}])
+
+    monkeypatch.setattr(ls, "_list_tasks", listing)
+    assert ls.tasks_lacking(5, "v3") == {4, 9}
+    [item] = seen["filters"]["items"]
+    assert item["filter"] == "filter:tasks:predictions_model_versions"
+    assert (item["operator"], item["value"]) == ("not_contains", ["v3"])
+
+
+def test_an_old_version_is_deleted_one_prediction_per_request():
+    """Label Studio deletes a whole version in one long transaction that makes annotators'
+    submits fail (SQLite) or wait (PostgreSQL); one prediction per request keeps each write
+    short, and `more` splits the work into slices."""
+    import httpx
+
+    ls = client(label_studio_api_key=LEGACY)
+    stored = [{"id": 1, "model_version": "v1"}, {"id": 2, "model_version": "v2"},
+              {"id": 3, "model_version": "v1"}, {"id": 4, "model_version": "v1"}]
+    requests = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        requests.append((request.method, request.url.path))
+        if request.method == "GET" and request.url.path == "/api/predictions/":
+            assert dict(request.url.params) == {"project": "5"}
+            return httpx.Response(200, json=stored)
+        if request.method == "DELETE" and request.url.path == "/api/predictions/3/":
+            return httpx.Response(404, json={"detail": "Not found."})  # gone meanwhile
+        if request.method == "DELETE" and request.url.path.startswith("/api/predictions/"):
+            return httpx.Response(204)
+        return httpx.Response(500)
+
+    ls._http = httpx.Client(transport=httpx.MockTransport(answer))
+    assert ls.delete_model_version(5, "v1", more=lambda: False) == 3  # no time left
+    assert ls.delete_model_version(5, "v1", more=lambda: True) == 0
+    assert requests == [("GET", "/api/predictions/")] + [
+        ("DELETE", f"/api/predictions/{i}/") for i in (4, 3, 1)]  # the kept ids: listed once
+    requests.clear()
+    assert ls.delete_model_version(5, "v1") == 0  # all at once: listed afresh
+    assert requests[0] == ("GET", "/api/predictions/") and len(requests) == 4
+

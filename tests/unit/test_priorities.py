@@ -17,7 +17,7 @@ def test_a_retrain_gives_every_unlabelled_task_a_prediction_of_the_new_version(r
     preds = [p for p in fake_ls.predictions if p["model_version"] == "v1"]
     assert {p["task"] for p in preds} == unlabelled(fake_ls)
     assert all(0 <= p["score"] <= 1 and p["result"] for p in preds)
-    assert fake_ls.project == {"sampling": "Uncertainty sampling", "model_version": "v1"}
+    assert fake_ls.sampling == {"sampling": "Uncertainty sampling", "model_version": "v1"}
     # Our backend's title follows the version; another backend is left alone.
     assert [b["title"] for b in fake_ls.backends] == ["v1", "someone else's"]
 
@@ -27,7 +27,7 @@ def test_each_retrain_reorders_under_a_new_version_and_prunes_old_ones(runtime, 
     for _ in range(3):
         jobs._retrain(runtime, 1)
     assert set(fake_ls.model_versions(1)) == {"v2", "v3"}
-    assert fake_ls.project["model_version"] == "v3"
+    assert fake_ls.sampling["model_version"] == "v3"
 
 
 def test_a_failed_deletion_of_an_old_version_leaves_the_new_order_live(runtime, fake_ls):
@@ -37,16 +37,16 @@ def test_a_failed_deletion_of_an_old_version_leaves_the_new_order_live(runtime, 
     jobs._retrain(runtime, 1)
     delete = fake_ls.delete_model_version
 
-    def busy(project: int, version: str) -> None:
-        raise RuntimeError("DELETE /api/projects/1/model-versions/ timed out")
+    def busy(project: int, version: str, *, more=None) -> int:
+        raise RuntimeError("DELETE /api/predictions/3/ timed out")
 
     fake_ls.delete_model_version = busy
     result = jobs._retrain(runtime, 1)
     assert result["queue"]["deleted_versions"] == []
-    assert fake_ls.project["model_version"] == "v2"
+    assert fake_ls.sampling["model_version"] == "v2"
     fake_ls.delete_model_version = delete
     result = jobs._retrain(runtime, 1)
-    assert result["queue"]["deleted_versions"] == ["v1", "v2"]
+    assert result["queue"]["made_room"] + result["queue"]["deleted_versions"] == ["v1", "v2"]
     assert set(fake_ls.model_versions(1)) == {"v3"}
 
 
@@ -74,7 +74,7 @@ def test_seed_queues_the_chosen_subset_first_without_pre_annotations(runtime, fa
     assert len(out["chosen"]) == 3 and out["version"] == "untrained"
     assert fake_ls.queue("untrained")[:3] == out["chosen"]
     assert all(p["result"] == [] for p in fake_ls.predictions)
-    assert fake_ls.project["model_version"] == "untrained"
+    assert fake_ls.sampling["model_version"] == "untrained"
     again = seed(runtime, 1, 3, "kcenter", progress=False)
     assert again["chosen"] == out["chosen"]
     assert len(fake_ls.predictions) == len(fake_ls.task_list)  # replaced, not duplicated
@@ -84,7 +84,7 @@ def test_seed_dry_run_changes_nothing_and_covers_the_classes(runtime, fake_ls):
     for t in fake_ls.task_list:
         t["annotations"] = []
     out = seed(runtime, 1, 3, "auto", dry_run=True, progress=False)
-    assert fake_ls.predictions == [] and fake_ls.project["sampling"] == "Sequential sampling"
+    assert fake_ls.predictions == [] and fake_ls.sampling["sampling"] == "Sequential sampling"
     truth = {t["id"]: t["truth"] for t in fake_ls.task_list}
     assert {truth[t] for t in out["chosen"]} == {"red", "green", "blue"}
 
@@ -117,3 +117,66 @@ def test_retrain_every_n_annotations(settings):
            for _ in range(3)]
     assert got == ["counted", "counted", "queued"]
     assert jobs.enqueue_retrain(redis, settings, 2, "START_TRAINING")["status"] == "queued"
+
+
+def test_tasks_the_annotation_filters_leave_out_are_not_queued(runtime, fake_ls):
+    """An annotated task whose annotations ANNOTATORS ignores is neither trained on nor offered
+    for labelling again."""
+    annotated = [t for t in fake_ls.task_list if t["annotations"]]
+    for i, task in enumerate(annotated):
+        task["annotations"][0]["completed_by"] = 7 if i % 2 else 8
+    runtime.settings.annotators = ["7"]
+    result = jobs._retrain(runtime, 1)
+    assert result["n_labels"] == 6
+    queued = {p["task"] for p in fake_ls.predictions if p["model_version"] == "v1"}
+    assert queued == unlabelled(fake_ls)
+
+
+def test_a_large_old_version_is_deleted_in_slices_by_prune_jobs(settings, runtime, fake_ls,
+                                                                monkeypatch):
+    """Deleting thousands of predictions takes minutes: each job deletes for one slice and a
+    `prune` job goes on with the rest, queued behind any retrain, recorded only if it fails."""
+    from rq import Queue, SimpleWorker
+
+    monkeypatch.setattr(jobs, "runtime", lambda: runtime)
+    redis = Redis.from_url(settings.redis_url)
+    runtime.settings.keep_versions = 1
+    fake_ls.deletes_per_call = 2  # 6 predictions of v1: three slices
+    queue = Queue(settings.queue_name, connection=redis)
+    for _ in range(2):
+        jobs.enqueue(redis, settings, "retrain", 1, "START_TRAINING")
+        SimpleWorker([queue], connection=redis).work(burst=True, max_jobs=1)
+    assert fake_ls.model_versions(1) == {"v1": 4, "v2": 6}  # one slice done in the retrain
+    assert queue.count == 1 and queue.jobs[0].func_name == "ml_backend.jobs.prune"
+    jobs.enqueue(redis, settings, "retrain", 1, "START_TRAINING")  # an annotation meanwhile
+    SimpleWorker([queue], connection=redis).work(burst=True)
+    assert set(fake_ls.model_versions(1)) == {"v3"}
+    assert [h["kind"] for h in jobs.job_history(redis, 1)] == ["retrain"] * 3
+    assert not redis.exists(jobs.pending_key(1, "prune"))
+
+
+def test_deleting_old_versions_gives_way_to_a_waiting_retrain_but_never_piles_up(
+        runtime, fake_ls):
+    """A retrain queued while old versions are deleted goes first (annotators wait for their
+    new order, not for clean-up); but more than KEEP_VERSIONS stale versions are never left: a
+    retrain deletes the oldest in full before it pushes."""
+    from ml_backend import priorities
+
+    runtime.settings.keep_versions = 2
+    fake_ls.deletes_per_call = 0  # Label Studio too busy to delete anything within a slice
+    for _ in range(3):
+        jobs._retrain(runtime, 1)
+    stored = fake_ls.model_versions(1)
+    assert priorities.stale_versions(runtime, "v3", stored) == ["v1"]
+    fake_ls.deletes_per_call = 10**9
+    deleted, pending = priorities.prune_versions(runtime, 1, "v3", stored,
+                                                 interrupted=lambda: True)
+    assert (deleted, pending) == ([], True) and fake_ls.model_versions(1) == stored
+
+    fake_ls.deletes_per_call = 0
+    for _ in range(3):
+        result = jobs._retrain(runtime, 1)
+        stale = priorities.stale_versions(runtime, result["version"], fake_ls.model_versions(1))
+        assert len(stale) <= runtime.settings.keep_versions, stale
+    assert result["queue"]["made_room"] == ["v2"]
+    assert set(fake_ls.model_versions(1)) == {"v3", "v4", "v5", "v6"}  # 2 kept, 2 waiting

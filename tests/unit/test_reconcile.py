@@ -105,3 +105,18 @@ def test_with_basic_auth_only_the_webhook_sends_basic_auth(settings, runtime, fa
 def test_without_credentials_webhooks_are_left_alone(runtime, fake_ls):
     assert priorities.secure_webhooks(runtime, 1) == 0
     assert all(h["headers"] == {} for h in fake_ls.hooks)
+
+
+def test_old_versions_left_over_are_queued_for_deletion(runtime, fake_ls, redis, work):
+    """A slice that could not finish (or a `seed` or `rollback` run outside any worker) leaves
+    old versions behind; the periodic check queues their deletion."""
+    runtime.settings.keep_versions = 1
+    fake_ls.deletes_per_call = 0  # Label Studio too busy to delete anything
+    jobs._retrain(runtime, 1)
+    jobs._retrain(runtime, 1)
+    assert set(fake_ls.model_versions(1)) == {"v1", "v2"}
+    assert reconcile.check(runtime, redis, 1)["prune"] == "queued"
+    fake_ls.deletes_per_call = 10**9
+    work()
+    assert set(fake_ls.model_versions(1)) == {"v2"}
+    assert "prune" not in reconcile.check(runtime, redis, 1)

@@ -115,8 +115,20 @@ def test_new_tasks_queue_a_prioritize_job(client):
     assert res.json()["status"] == "queued" and res.json()["job"] == "prioritize"
 
 
+def test_task_events_make_workers_list_the_tasks_afresh(client, settings):
+    """Workers keep a project's task listing while this count stays the same."""
+    import redis
+
+    r = redis.Redis.from_url(settings.redis_url)
+    for action in ("TASKS_CREATED", "TASKS_DELETED"):
+        res = client.post("/webhook", json={"action": action, "project": {"id": 7}})
+        assert res.status_code == 200
+    assert res.json()["status"] == "noted"
+    assert int(r.get(jobs.tasks_changed_key(7))) == 2
+
+
 def test_other_events_are_ignored_and_missing_project_is_a_4xx(client):
-    for action in ("PROJECT_UPDATED", "TASKS_DELETED", "SOMETHING_NEW"):
+    for action in ("PROJECT_UPDATED", "SOMETHING_NEW"):
         res = client.post("/webhook", json={"action": action, "project": {"id": 1}})
         assert res.status_code == 200 and res.json()["status"] == "ignored"
     assert client.post("/webhook", json={"action": "ANNOTATION_CREATED"}).status_code == 422
