@@ -35,6 +35,8 @@ ANNOTATED = {"conjunction": "or", "items": [
 # the project after each request, so one request of 5,000 is about 4x faster than five of 1,000.
 PREDICTIONS_PER_REQUEST = 10_000
 LONG_TIMEOUT = 600  # seconds for a listing page or an import on a busy Label Studio
+# Pauses before trying a prediction's deletion again after a 5xx (SQLite: "database is locked").
+DELETE_PAUSES = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 class ImageFetchError(RuntimeError):
@@ -228,8 +230,7 @@ class LabelStudioClient:
         if not ids:
             ids = self.prediction_ids(project, version)
         while ids and (more is None or more()):
-            resp = self._http.delete(f"{self.url}/api/predictions/{ids[-1]}/",
-                                     headers=self._headers(), timeout=60)
+            resp = self._delete_prediction(ids[-1])
             if resp.status_code >= 400 and resp.status_code != 404:  # 404: gone already
                 self._doomed[key] = ids
                 raise RuntimeError(f"DELETE /api/predictions/{ids[-1]}/ answered "
@@ -238,6 +239,19 @@ class LabelStudioClient:
         if ids:
             self._doomed[key] = ids
         return len(ids)
+
+    def _delete_prediction(self, prediction: int) -> httpx.Response:
+        """One DELETE, tried again after a pause while Label Studio answers 5xx: on SQLite a
+        delete that waits 5 s behind another writer (a submit, an import) fails with "database
+        is locked", and giving way to those writers is the point of deleting one at a time."""
+        url = f"{self.url}/api/predictions/{prediction}/"
+        for pause in DELETE_PAUSES:
+            resp = self._http.delete(url, headers=self._headers(), timeout=60)
+            if resp.status_code < 500:
+                return resp
+            log.info("DELETE %s answered %s; again in %.1fs", url, resp.status_code, pause)
+            time.sleep(pause)
+        return self._http.delete(url, headers=self._headers(), timeout=60)
 
     def ml_backends(self, project: int) -> list[dict]:
         return [b.model_dump() for b in self.sdk.ml.list(project=project)]

@@ -180,3 +180,31 @@ def test_an_old_version_is_deleted_one_prediction_per_request():
     assert ls.delete_model_version(5, "v1") == 0  # all at once: listed afresh
     assert requests[0] == ("GET", "/api/predictions/") and len(requests) == 4
 
+
+def test_a_prediction_delete_that_finds_the_database_locked_is_tried_again(monkeypatch):
+    """On SQLite a delete queued behind a long write answers 500 "database is locked"; the
+    prediction must still go, and one that keeps failing stays listed for the next slice."""
+    import httpx
+
+    from ml_backend import labelstudio
+
+    monkeypatch.setattr(labelstudio, "DELETE_PAUSES", (0, 0, 0))
+    ls = client(label_studio_api_key=LEGACY)
+    locked = {"1": 2, "2": 10**9}  # prediction id -> 500s still to answer
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json=[{"id": 1, "model_version": "v1"},
+                                             {"id": 2, "model_version": "v1"}])
+        pid = request.url.path.rstrip("/").rsplit("/", 1)[1]
+        if locked[pid]:
+            locked[pid] -= 1
+            return httpx.Response(500, text="database is locked")
+        return httpx.Response(204)
+
+    ls._http = httpx.Client(transport=httpx.MockTransport(answer))
+    with pytest.raises(RuntimeError, match="predictions/2/ answered 500"):
+        ls.delete_model_version(5, "v1", more=lambda: True)
+    locked["2"] = 2  # the writer is done
+    assert ls.delete_model_version(5, "v1", more=lambda: True) == 0
+    assert locked == {"1": 0, "2": 0}
