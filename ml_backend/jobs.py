@@ -27,7 +27,7 @@ from ml_backend.pool import Pool, build_pool
 from ml_backend.runtime import Runtime
 from ml_backend.settings import Settings, get_settings
 from model.training import train_candidate
-from model.versions import UNTRAINED
+from model.versions import UNTRAINED, ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,7 @@ def _retrain(rt: Runtime, project: int, *, force: bool = True) -> dict:
     # Predictions first, then the pointer /setup reads, then the switch: Label Studio never
     # asks /predict for a version whose priorities are not in place yet.
     made_room = priorities.make_room(rt, project, name)
-    queue = _push_order(rt, project, pool, config, versions.load(name))
+    queue = push_order(rt, project, pool, config, versions.load(name))
     queue["made_room"] = made_room
     versions.promote(name)
     queue |= priorities.switch(rt, project, name, interrupted=retrain_waiting(project))
@@ -327,8 +327,11 @@ def finetune(project: int, reason: str = "") -> dict:
     return _run_locked("finetune", project, reason, work)
 
 
-def _push_order(rt: Runtime, project: int, pool, config, model, *, replace: bool = False,
-                strategy: str | None = None, k: int | None = None) -> dict:
+def push_order(rt: Runtime, project: int, pool: Pool, config: LabelConfig,
+               model: ModelVersion | None, *, replace: bool = False,
+               strategy: str | None = None, k: int | None = None) -> dict:
+    """Rank the unlabelled tasks with `model` and push one prediction each (what a retrain and
+    a rollback do before switching the queue); a summary for the job history."""
     start = time.perf_counter()
     plan = priorities.plan_order(
         rt, project, pool, config, model, strategy=strategy or rt.settings.strategy,

@@ -87,7 +87,7 @@ def rollback(rt: Runtime, project: int, name: str) -> dict:
     before = store.serving()
     model = store.load(name)  # refuses unknown names and unreadable heads before anything changes
     config, pool = jobs.read_pool(rt, project)
-    queue = jobs._push_order(rt, project, pool, config, model, replace=True)
+    queue = jobs.push_order(rt, project, pool, config, model, replace=True)
     store.promote(name)
     store.update_meta(name, rolled_back_at=time.time(), rolled_back_from=before)
     queue |= priorities.switch(rt, project, name)
