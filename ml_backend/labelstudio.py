@@ -25,12 +25,6 @@ log = logging.getLogger(__name__)
 # Label Studio 1.23 has no maximum page size, and every page of /api/tasks/ re-counts the
 # annotations and predictions of the whole listing: a few large pages beat many small ones.
 TASK_PAGE_SIZE = 1000
-# Tasks with an annotation, skipped ones included (a Data Manager filter: Label Studio 1.23
-# ignores the API's `only_annotated` parameter).
-ANNOTATED = {"conjunction": "or", "items": [
-    {"filter": f"filter:tasks:{column}", "operator": "greater", "type": "Number", "value": 0}
-    for column in ("total_annotations", "cancelled_annotations")
-]}  # fmt: skip
 # Predictions per import request. Label Studio 1.23 re-counts the predictions of every task of
 # the project after each request, so one request of 5,000 is about 4x faster than five of 1,000.
 PREDICTIONS_PER_REQUEST = 10_000
@@ -75,28 +69,48 @@ class LabelStudioClient:
     def label_config(self, project: int) -> str:
         return self.project(project).label_config or ""
 
-    def tasks(self, project: int, *, only_annotated: bool = False) -> Iterator[dict]:
-        """Every task of `project` (only those with annotations, skipped included, when
-        `only_annotated`) as a plain dict with its annotations and predictions."""
-        yield from self._list_tasks(project, fields="all",
-                                    filters=ANNOTATED if only_annotated else None)
+    def tasks(self, project: int) -> Iterator[dict]:
+        """Every task of `project` as a plain dict with its annotations and predictions."""
+        yield from self._list_tasks(project, fields="all")
+
+    def annotated_tasks(self, project: int) -> list[dict]:
+        """Every task with an annotation (skipped included), with its annotations in full.
+
+        Label Studio's export of finished tasks, the part of a retrain that grows with the
+        labels: twice as fast as the Data Manager's listing (2,000 annotated tasks of 5,000:
+        2.9 s against 6.0 s). Its task data is as imported (cloud URIs unresolved), and it names
+        annotators by user id only: with ANNOTATORS set, `completed_by` becomes {id, email}.
+        """
+        resp = self._request("GET", f"/api/projects/{project}/export",
+                             params={"exportType": "JSON", "download_all_tasks": "false"},
+                             timeout=LONG_TIMEOUT)
+        tasks = resp.json()
+        if self.settings.annotators:
+            emails = {u.id: u.email or "" for u in self.sdk.users.list()}
+            for annotation in (a for t in tasks for a in t.get("annotations") or []):
+                who = annotation.get("completed_by")
+                if isinstance(who, int):
+                    annotation["completed_by"] = {"id": who, "email": emails.get(who, "")}
+        return tasks
 
     def labelling_tasks(self, project: int, *, token: Hashable | None = None) -> list[dict]:
         """Every task's id and data, with its annotations (empty when it has none); no
         predictions. What a retrain and seeding read.
 
-        Two listings: annotated tasks in full, always afresh, and every task without annotations
-        and predictions (several times faster, yet 10 s for 5,000 tasks). With a `token` (what
+        Two listings: annotated tasks in full, always afresh (`annotated_tasks`), and every task
+        without annotations and predictions (10 s for 5,000 tasks), whose resolved data is the
+        one kept. With a `token` (what
         the caller knows of the task list: its size, a count of task events), the second is kept
         and reused while the token is the same, no annotated task is missing from it and it is
         younger than TASK_LIST_MAX_AGE seconds: a retrain then reads only the annotated tasks.
         """
-        annotated = {int(t["id"]): t for t in self.tasks(project, only_annotated=True)}
+        annotated = {int(t["id"]): t for t in self.annotated_tasks(project)}
         every = self._every_task(project, token)
         if token is not None and not annotated.keys() <= {int(t["id"]) for t in every}:
             self.forget_tasks(project)  # a task the kept listing lacks: list them again
             every = self._every_task(project, token)
-        tasks = [annotated.pop(int(t["id"]), None) or t | {"annotations": []} for t in every]
+        tasks = [t | {"annotations": annotated.pop(int(t["id"]), {}).get("annotations") or []}
+                 for t in every]
         return tasks + list(annotated.values())  # created between the two listings
 
     def _every_task(self, project: int, token: Hashable | None) -> list[dict]:

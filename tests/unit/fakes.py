@@ -59,10 +59,9 @@ class FakeLabelStudio:
     def label_config(self, project: int) -> str:
         return self.project(project).label_config
 
-    def tasks(self, project: int, *, only_annotated: bool = False):
+    def tasks(self, project: int):
         for t in self.task_list:
-            if t["annotations"] or not only_annotated:
-                yield t | {"predictions": [p for p in self.predictions if p["task"] == t["id"]]}
+            yield t | {"predictions": [p for p in self.predictions if p["task"] == t["id"]]}
 
     def labelling_tasks(self, project: int, *, token=None) -> list[dict]:
         """Like Label Studio's: every task with its annotations, no predictions."""
