@@ -99,10 +99,10 @@ class LabelStudioClient:
 
         Two listings: annotated tasks in full, always afresh (`annotated_tasks`), and every task
         without annotations and predictions (10 s for 5,000 tasks), whose resolved data is the
-        one kept. With a `token` (what
-        the caller knows of the task list: its size, a count of task events), the second is kept
-        and reused while the token is the same, no annotated task is missing from it and it is
-        younger than TASK_LIST_MAX_AGE seconds: a retrain then reads only the annotated tasks.
+        one used. With a `token` (what the caller knows of the task list: its size, a count of
+        task events), the second is kept and reused while the token is the same, no annotated
+        task is missing from it and it is younger than TASK_LIST_MAX_AGE seconds: a retrain then
+        reads only the annotated tasks.
         """
         annotated = {int(t["id"]): t for t in self.annotated_tasks(project)}
         every = self._every_task(project, token)
