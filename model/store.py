@@ -8,6 +8,7 @@ fetching its image again. SQLite in WAL mode lets several processes read and wri
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import sqlite3
 import threading
@@ -31,15 +32,19 @@ class EmbeddingStore:
         self._db = sqlite3.connect(
             self.path, timeout=60, check_same_thread=False, isolation_level=None
         )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(
-            """
-            CREATE TABLE IF NOT EXISTS vectors (hash TEXT PRIMARY KEY, vec BLOB NOT NULL);
-            CREATE TABLE IF NOT EXISTS tasks (
-                task INTEGER PRIMARY KEY, url TEXT NOT NULL, hash TEXT NOT NULL);
-            """
-        )
+        # Two processes creating the same store at once (the server and a worker): SQLite
+        # refuses the second's switch to WAL at once ("database is locked"), busy timeout or not.
+        with open(self.path.with_suffix(".lock"), "a") as setup_lock:
+            fcntl.flock(setup_lock, fcntl.LOCK_EX)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(
+                """
+                CREATE TABLE IF NOT EXISTS vectors (hash TEXT PRIMARY KEY, vec BLOB NOT NULL);
+                CREATE TABLE IF NOT EXISTS tasks (
+                    task INTEGER PRIMARY KEY, url TEXT NOT NULL, hash TEXT NOT NULL);
+                """
+            )
 
     def close(self) -> None:
         self._db.close()

@@ -49,6 +49,28 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path):
     assert len(store.task_vectors(tasks)) == 400
 
 
+OPENER = textwrap.dedent("""
+    import sys, time
+    from model.store import EmbeddingStore
+    start = float(sys.argv[2])
+    while time.time() < start:  # both open the new store at the same moment
+        pass
+    EmbeddingStore(sys.argv[1], 1, "fp", 8).put({"h": [1.0] * 8}, {1: ("/x.png", "h")})
+""")
+
+
+def test_two_processes_creating_the_same_store_at_once_both_open_it(tmp_path):
+    """The server and a worker may open a project's new store together; SQLite refuses one
+    of two simultaneous switches to WAL at once (about one round in two without a guard)."""
+    for round_ in range(4):
+        start = str(time.time() + 1.0)
+        procs = [subprocess.Popen([sys.executable, "-c", OPENER, str(tmp_path / str(round_)),
+                                   start], stderr=subprocess.PIPE, text=True)
+                 for _ in (1, 2)]
+        errors = [p.communicate(timeout=60)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], errors
+
+
 def test_stores_are_per_project_and_backbone_fingerprint(tmp_path):
     a = EmbeddingStore(tmp_path, 1, "fp-a", 4)
     a.put({"h": np.ones(4, np.float32)}, {1: ("/x.png", "h")})
