@@ -256,8 +256,9 @@ class LabelStudioClient:
 
     def _delete_prediction(self, prediction: int) -> httpx.Response:
         """One DELETE, tried again after a pause while Label Studio answers 5xx: on SQLite a
-        delete that waits 5 s behind another writer (a submit, an import) fails with "database
-        is locked", and giving way to those writers is the point of deleting one at a time."""
+        delete that meets another writer (a submit, an import) can be answered "database is
+        locked", at once or after 5 s, and giving way to those writers is the point of deleting
+        one at a time."""
         url = f"{self.url}/api/predictions/{prediction}/"
         for pause in DELETE_PAUSES:
             resp = self._http.delete(url, headers=self._headers(), timeout=60)
