@@ -5,11 +5,19 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import get_args
 
 from pydantic import ValidationError
 
-from ml_backend.seeding import COLD_START_METHODS, seed
+from ml_backend.settings import COLD_START_METHODS
+
+# What the command line imports before it runs a command is kept light (no torch, no web
+# framework): `--help` and a mistyped command answer at once.
+# Libraries that log each HTTP request at INFO (a worker deleting old versions makes thousands).
+CHATTY_LOGGERS = ("httpx", "httpcore", "urllib3", "label_studio_sdk")
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -64,6 +72,8 @@ def _reconcile(args: argparse.Namespace) -> None:
 
     from ml_backend import reconcile
     from ml_backend.jobs import runtime
+    from ml_backend.queueing import enqueuer
+    from ml_backend.steps import StepContext
     from model.versions import projects
 
     rt = runtime()
@@ -71,8 +81,9 @@ def _reconcile(args: argparse.Namespace) -> None:
     if not ids:
         print(f"No project known under {rt.settings.model_dir}; pass --project ID.")
     redis = Redis.from_url(rt.settings.redis_url)
+    ctx = StepContext(enqueue_followup=enqueuer(redis, rt.settings))
     for project in ids:
-        out = reconcile.check(rt, redis, project)
+        out = reconcile.check(rt, project, ctx)
         state = ("in step" if out["status"] == "in step"
                  else f"labels changed since the newest version: retrain {out['status']}")
         secured = out["webhooks_secured"]
@@ -82,8 +93,14 @@ def _reconcile(args: argparse.Namespace) -> None:
 
 def _seed(args: argparse.Namespace) -> None:
     from ml_backend.jobs import runtime
+    from ml_backend.seeding import seed
 
-    out = seed(runtime(), args.project, args.size, args.method, dry_run=args.dry_run)
+    rt = runtime()
+    if args.dry_run:
+        out = seed(rt, args.project, args.size, args.method, dry_run=True)
+    else:
+        with project_lock(rt.settings, args.project, "seed"):
+            out = seed(rt, args.project, args.size, args.method)
     verb = "Would queue" if args.dry_run else "Queued"
     print(f"{verb} {len(out['chosen'])} tasks first in project {args.project} "
           f"(method {out['method']}, version {out['version']}, {out['labelled']} labelled):")
@@ -112,10 +129,129 @@ def _simulate(args: argparse.Namespace) -> None:
     print(f"Wrote results.csv, summary.json and curve.png to {args.out}")
 
 
+@contextmanager
+def project_lock(settings, project: int, what: str) -> Iterator[None]:
+    """The lock a worker's jobs take: a command that changes what a project serves never
+    interleaves with a retrain (whichever switched last would win)."""
+    from redis import Redis
+
+    from ml_backend.queue_state import ProjectQueue
+
+    redis = Redis.from_url(settings.redis_url)
+    with ProjectQueue(redis, project).locked(settings.retrain_lock_ttl,
+                                             settings.retrain_lock_wait, what):
+        yield
+
+
+def _rollback(args: argparse.Namespace) -> None:
+    from ml_backend.jobs import runtime
+    from ml_backend.steps import rollback
+
+    rt = runtime()
+    with project_lock(rt.settings, args.project, "rollback"):
+        out = rollback(rt, args.project, args.version)
+    print(f"project {out['project']}: {out['serving']} serves now (was {out['was']}); "
+          f"{out['pushed']} unlabelled tasks queued by it")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from ml_backend.jobs import runtime
+    from ml_backend.model_commands import export
+
+    out = export(runtime(), args.project, args.out, args.version)
+    print(f"exported project {out['project']} {out['version']} ({', '.join(out['classes'])}) "
+          f"to {out['out']}")
+
+
+def _import(args: argparse.Namespace) -> None:
+    from ml_backend.jobs import runtime
+    from ml_backend.model_commands import import_model
+
+    out = import_model(runtime(), args.project, args.file, args.labels, args.backbone)
+    print(f"project {out['project']}: imported as {out['version']} ({out['backbone']}; "
+          f"{', '.join(out['classes'])}), serving it")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from ml_backend.jobs import runtime
+    from ml_backend.model_commands import predict_folder
+
+    out = predict_folder(runtime(), args.project, args.dir, args.out, args.version)
+    print(f"{out['version']}: wrote {out['predicted']} predictions to {out['out']}"
+          + (f" ({out['skipped']} unreadable files skipped)" if out["skipped"] else ""))
+
+
+def _finetune(args: argparse.Namespace) -> None:
+    from ml_backend.finetuning import finetune
+    from ml_backend.jobs import runtime
+    from model.finetune import FinetuneConfig
+
+    rt = runtime()
+    s = rt.settings
+    config = FinetuneConfig(epochs=args.epochs or s.finetune_epochs,
+                            loss=args.loss or s.finetune_loss,
+                            sampler=args.sampler or s.finetune_sampler, seed=s.seed)
+    with project_lock(s, args.project, "fine-tune"):
+        tuned, out = finetune(rt, args.project, config=config, progress=True)
+    verdict = (out.get("promotion") or {}).get("reason", "promoted")
+    print(f"project {args.project}: fine-tuned backbone {tuned.fingerprint}; trained "
+          f"{out.get('version')}: {verdict}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from ml_backend.demo import run
 
     run(host=args.host, port=args.port, ls_port=args.ls_port, data=args.data_dir)
+
+
+def _add_model_commands(sub: argparse._SubParsersAction) -> None:
+    from ml_backend.settings import Settings
+
+    p = sub.add_parser("rollback", help="serve an earlier version again")
+    p.add_argument("--project", type=int, required=True)
+    p.add_argument("version", help="version to serve, e.g. v3")
+    p.set_defaults(func=_rollback)
+
+    p = sub.add_parser("export", help="write a version as a self-contained TorchScript model")
+    p.add_argument("--project", type=int, required=True)
+    p.add_argument("--out", type=Path, required=True, help="new (or empty) folder to write")
+    p.add_argument("--version", help="version to export (default: the serving one)")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("import-model", help="start a project from your own trained classifier")
+    p.add_argument("--project", type=int, required=True)
+    p.add_argument("file", type=Path, help="TorchScript file from export, or a torchvision "
+                   "classifier's state dict")
+    p.add_argument("--labels", type=Path, help="JSON list of class names in output order "
+                   "(required for a state dict)")
+    p.add_argument("--backbone", help="architecture of a state dict (default: BACKBONE)")
+    p.set_defaults(func=_import)
+
+    p = sub.add_parser("predict", help="classify a folder of images into a CSV file")
+    p.add_argument("--project", type=int, required=True)
+    p.add_argument("dir", type=Path, help="folder of images (searched recursively)")
+    p.add_argument("--out", type=Path, required=True, help="CSV file to write")
+    p.add_argument("--version", help="version to use (default: the serving one)")
+    p.set_defaults(func=_predict)
+
+    fields = Settings.model_fields
+    p = sub.add_parser("finetune", help="fine-tune the backbone on the project's labels now")
+    p.add_argument("--project", type=int, required=True)
+    p.add_argument("--epochs", type=int, help="default: FINETUNE_EPOCHS")
+    p.add_argument("--loss", choices=get_args(fields["finetune_loss"].annotation),
+                   help="default: FINETUNE_LOSS")
+    p.add_argument("--sampler", choices=get_args(fields["finetune_sampler"].annotation),
+                   help="default: FINETUNE_SAMPLER")
+    p.set_defaults(func=_finetune)
+
+
+def setup_logging(level: str) -> None:
+    """LEVEL for the backend's own lines (one per job step, with its time); libraries that log
+    every HTTP request only from WARNING on (at DEBUG, everything)."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet = max(logging.WARNING, logging.getLevelName(level)) if level != "DEBUG" else level
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(quiet)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,18 +318,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="everything the demo keeps; a second run reuses it")
     p.set_defaults(func=_demo)
 
-    from ml_backend.model_commands import register as register_model_commands
-
-    register_model_commands(sub)  # rollback, export, import-model, predict, finetune
+    _add_model_commands(sub)
     args = parser.parse_args(argv)
     try:
         from ml_backend.settings import get_settings
 
         settings = get_settings()
         args.log_level = (args.log_level or settings.log_level).upper()
-        logging.basicConfig(
-            level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        setup_logging(args.log_level)
         args.func(args)
     except ValidationError as exc:
         first = exc.errors()[0]

@@ -20,8 +20,8 @@ from typing import Protocol
 from urllib.parse import quote
 
 from ml_backend.label_config import parse_label_config
+from model.images import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 IMAGE_COLUMNS = ("image", "path", "url", "file", "filename")
 LABEL_COLUMNS = ("label", "class", "category", "choice")
 UPLOAD_BATCH = 50

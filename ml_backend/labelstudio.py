@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any, Protocol
 from urllib.parse import urljoin, urlparse
 
 import httpx
@@ -37,8 +38,50 @@ class ImageFetchError(RuntimeError):
     """An image URL is refused, unreachable or too large; the message says which."""
 
 
+# What to do about an answer, by status code.
+HINTS = {
+    401: "check LABEL_STUDIO_API_KEY (a legacy token or a personal access token)",
+    403: "the user of LABEL_STUDIO_API_KEY may not do this in the project",
+    404: "check the project id, and LABEL_STUDIO_URL",
+}
+
+
+class LabelStudioError(RuntimeError):
+    """Label Studio answered a request with an error status (`status_code`)."""
+
+    def __init__(self, method: str, path: str, status_code: int, text: str = ""):
+        self.method, self.path, self.status_code = method, path, status_code
+        hint = HINTS.get(status_code, "Label Studio is busy or failing: try again later"
+                         if status_code >= 500 else "")
+        super().__init__(f"{method} {path} answered {status_code}: {text[:200]}"
+                         + (f" ({hint})" if hint else ""))
+
+
+class LabelStudioAPI(Protocol):
+    """What the loop asks of Label Studio: `LabelStudioClient`, or the unit tests' stand-in."""
+
+    def project(self, project: int) -> Any: ...
+    def label_config(self, project: int) -> str: ...
+    def labelling_tasks(self, project: int, *, token: Hashable | None = None) -> list[dict]: ...
+    def tasks_lacking(self, project: int, version: str) -> set[int]: ...
+    def forget_tasks(self, project: int) -> None: ...
+    def fetch_image(self, url: str) -> bytes: ...
+    def import_predictions(self, project: int, predictions: list[dict],
+                           chunk: int = ...) -> int: ...
+    def serve_by_priority(self, project: int, version: str) -> None: ...
+    def model_versions(self, project: int) -> dict[str, int]: ...
+    def delete_model_version(self, project: int, version: str, *,
+                             more: Callable[[], bool] | None = None) -> int: ...
+    def ml_backends(self, project: int) -> list[dict]: ...
+    def retitle_backend(self, backend: dict, title: str) -> None: ...
+    def set_webhook_headers(self, project: int, urls: set[str],
+                            headers: dict[str, str]) -> int: ...
+
+
 class LabelStudioClient:
-    def __init__(self, settings: Settings):
+    """`http`: the client for the requests the SDK does not make (tests pass a mock transport's)."""
+
+    def __init__(self, settings: Settings, http: httpx.Client | None = None):
         self.settings = settings
         self.url = settings.label_studio_url
         self.sdk = LabelStudio(
@@ -46,7 +89,7 @@ class LabelStudioClient:
             api_key=settings.label_studio_api_key.get_secret_value(),
             timeout=60,
         )
-        self._http = httpx.Client(timeout=settings.image_timeout, follow_redirects=False)
+        self._http = http or httpx.Client(timeout=settings.image_timeout, follow_redirects=False)
         self._allowed_hosts = {urlparse(self.url).netloc.lower(), *settings.image_hosts}
         # project -> (token, monotonic time listed, [{"id", "data"}]): see `labelling_tasks`.
         self._listings: dict[int, tuple[Hashable, float, list[dict]]] = {}
@@ -71,7 +114,7 @@ class LabelStudioClient:
 
     def tasks(self, project: int) -> Iterator[dict]:
         """Every task of `project` as a plain dict with its annotations and predictions."""
-        yield from self._list_tasks(project, fields="all")
+        yield from self.list_tasks(project, fields="all")
 
     def annotated_tasks(self, project: int) -> list[dict]:
         """Every task with an annotation (skipped included), with its annotations in full.
@@ -119,7 +162,7 @@ class LabelStudioClient:
                 and time.monotonic() - kept[1] < self.settings.task_list_max_age):
             return kept[2]
         started = time.monotonic()
-        every = [{"id": t["id"], "data": t.get("data") or {}} for t in self._list_tasks(project)]
+        every = [{"id": t["id"], "data": t.get("data") or {}} for t in self.list_tasks(project)]
         if token is not None:
             self._listings[project] = (token, started, every)
         return every
@@ -133,14 +176,16 @@ class LabelStudioClient:
         lacking = {"conjunction": "and", "items": [{
             "filter": "filter:tasks:predictions_model_versions", "operator": "not_contains",
             "type": "List", "value": [version]}]}
-        return {int(t["id"]) for t in self._list_tasks(project, filters=lacking)}
+        return {int(t["id"]) for t in self.list_tasks(project, filters=lacking)}
 
     def forget_tasks(self, project: int) -> None:
         """Drop the kept task listing: the next `labelling_tasks` lists every task again."""
         self._listings.pop(project, None)
 
-    def _list_tasks(self, project: int, *, fields: str | None = None,
-                    filters: dict | None = None) -> Iterator[dict]:
+    def list_tasks(self, project: int, *, fields: str | None = None,
+                   filters: dict | None = None) -> Iterator[dict]:
+        """The project's tasks page by page, as the Data Manager lists them (`fields="all"`:
+        with annotations and predictions; `filters`: a Data Manager filter)."""
         params: dict = {"project": project, "page_size": TASK_PAGE_SIZE}
         if fields:
             params["fields"] = fields
@@ -153,8 +198,7 @@ class LabelStudioClient:
             if resp.status_code == 404 and page > 1:
                 return  # past the last page (tasks deleted meanwhile)
             if resp.status_code >= 400:
-                raise RuntimeError(f"GET /api/tasks/ answered {resp.status_code}: "
-                                   f"{resp.text[:200]}")
+                raise LabelStudioError("GET", "/api/tasks/", resp.status_code, resp.text)
             body = resp.json()
             batch = body.get("tasks", []) if isinstance(body, dict) else body
             yield from batch
@@ -247,8 +291,8 @@ class LabelStudioClient:
             resp = self._delete_prediction(ids[-1])
             if resp.status_code >= 400 and resp.status_code != 404:  # 404: gone already
                 self._doomed[key] = ids
-                raise RuntimeError(f"DELETE /api/predictions/{ids[-1]}/ answered "
-                                   f"{resp.status_code}: {resp.text[:200]}")
+                raise LabelStudioError("DELETE", f"/api/predictions/{ids[-1]}/",
+                                       resp.status_code, resp.text)
             ids.pop()
         if ids:
             self._doomed[key] = ids
@@ -301,7 +345,7 @@ class LabelStudioClient:
         kwargs.setdefault("timeout", 60)
         resp = self._http.request(method, self.url + path, headers=self._headers(), **kwargs)
         if resp.status_code >= 400:
-            raise RuntimeError(f"{method} {path} answered {resp.status_code}: {resp.text[:200]}")
+            raise LabelStudioError(method, path, resp.status_code, resp.text)
         return resp
 
     # -- images ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Model commands of the CLI: rollback, export, import-model, predict, finetune.
+"""Model commands of the CLI: export, import-model, predict.
 
 Each writes its result somewhere new and moves it into place at the end (versions, export
 folders, CSV files), so a command that fails halfway leaves the old state as it was.
@@ -6,7 +6,6 @@ folders, CSV files), so a command that fails halfway leaves the old state as it 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -14,17 +13,13 @@ import os
 import shutil
 import sys
 import tempfile
-import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from ml_backend import jobs, priorities
 from ml_backend.runtime import Runtime
-from ml_backend.settings import get_settings
 from model.backbone import Backbone, save_weights
 from model.embeddings import embed_files
 from model.export import (
@@ -36,20 +31,11 @@ from model.export import (
     split_state_dict,
     split_torchscript,
 )
-from model.finetune import LOSSES, SAMPLERS, FinetuneConfig, finetune
 from model.head import predict_proba
-from model.images import decode_image
-from model.training import TRAIN, assign_roles
+from model.images import IMAGE_SUFFIXES
 from model.versions import ModelVersion
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
-def _runtime() -> Runtime:
-    return Runtime(get_settings())
-
 
 def _version(rt: Runtime, project: int, name: str | None) -> ModelVersion:
     """Version `name`, or the serving one; a clear error when there is none."""
@@ -71,34 +57,6 @@ def _version_backbone(rt: Runtime, model: ModelVersion) -> Backbone:
             f"WEIGHTS={rt.settings.weights} give {bb.fingerprint}: set them back to use it"
         )
     return bb
-
-
-# -- rollback ---------------------------------------------------------------------------------
-
-
-def rollback(rt: Runtime, project: int, name: str) -> dict:
-    """Serve version `name` again and make Label Studio's queue follow it; the versions
-    themselves are never changed or deleted.
-
-    As after a retrain: its predictions for every unlabelled task first (replacing any it had,
-    which may be stale), then the pointer /setup reads, then the switch and the backend's title.
-    """
-    store = rt.versions(project)
-    before = store.serving()
-    model = store.load(name)  # refuses unknown names and unreadable heads before anything changes
-    config, pool = jobs.read_pool(rt, project)
-    queue = jobs.push_order(rt, project, pool, config, model, replace=True)
-    store.promote(name)
-    store.update_meta(name, rolled_back_at=time.time(), rolled_back_from=before)
-    queue |= priorities.switch(rt, project, name)
-    log.info("project %s: rolled back from %s to %s", project, before, name)
-    return {"project": project, "serving": name, "was": before, "pushed": queue["pushed"]}
-
-
-def _rollback(args: argparse.Namespace) -> None:
-    out = rollback(_runtime(), args.project, args.version)
-    print(f"project {out['project']}: {out['serving']} serves now (was {out['was']}); "
-          f"{out['pushed']} unlabelled tasks queued by it")
 
 
 # -- export -----------------------------------------------------------------------------------
@@ -141,12 +99,6 @@ def _check_export(path: Path, bb: Backbone, model: ModelVersion) -> None:
     want = predict_proba(model.head, bb.embed_tensors(x))
     if not np.allclose(got, want, atol=1e-4):
         raise RuntimeError(f"exported model differs from the live one by {abs(got - want).max()}")
-
-
-def _export(args: argparse.Namespace) -> None:
-    out = export(_runtime(), args.project, args.out, args.version)
-    print(f"exported project {out['project']} {out['version']} ({', '.join(out['classes'])}) "
-          f"to {out['out']}")
 
 
 # -- import-model -----------------------------------------------------------------------------
@@ -196,12 +148,6 @@ def import_model(rt: Runtime, project: int, file: Path, labels: Path | None = No
     store.promote(version)
     log.info("project %s: imported %s as %s", project, file, version)
     return {"project": project, "version": version, "classes": classes, "backbone": name}
-
-
-def _import(args: argparse.Namespace) -> None:
-    out = import_model(_runtime(), args.project, args.file, args.labels, args.backbone)
-    print(f"project {out['project']}: imported as {out['version']} ({out['backbone']}; "
-          f"{', '.join(out['classes'])}), serving it")
 
 
 # -- predict ----------------------------------------------------------------------------------
@@ -263,106 +209,3 @@ def predict_folder(rt: Runtime, project: int, folder: Path, out: Path, name: str
     finally:
         Path(tmp).unlink(missing_ok=True)
     return {"version": model.name, "predicted": done, "skipped": skipped, "out": str(out)}
-
-
-def _predict(args: argparse.Namespace) -> None:
-    out = predict_folder(_runtime(), args.project, args.dir, args.out, args.version)
-    print(f"{out['version']}: wrote {out['predicted']} predictions to {out['out']}"
-          + (f" ({out['skipped']} unreadable files skipped)" if out["skipped"] else ""))
-
-
-# -- finetune ---------------------------------------------------------------------------------
-
-
-class _TaskImages(Sequence):
-    """Images of tasks, fetched and decoded when the fine-tuning loop asks for them."""
-
-    def __init__(self, rt: Runtime, urls: list[str], target: int):
-        self.rt, self.urls, self.target = rt, urls, target
-
-    def __len__(self) -> int:
-        return len(self.urls)
-
-    def __getitem__(self, i):
-        return decode_image(self.rt.labelstudio.fetch_image(self.urls[i]), target=self.target)
-
-
-def finetune_backbone(rt: Runtime, project: int, config: FinetuneConfig,
-                      progress: bool | None = None) -> Backbone:
-    """Fine-tune the project's backbone on its training tasks (never the held-out ones, which
-    judge the result) and return the new backbone, saved under MODEL_DIR/backbones/."""
-    from ml_backend.jobs import read_pool
-
-    s = rt.settings
-    label_config, pool = read_pool(rt, project)
-    bb = rt.backbone_for(project)
-    known = rt.store(project, bb).task_vectors({t: pool.urls[t] for t in pool.labels})
-    tasks = [t for t in pool.labels if t in known]  # images that loaded before
-    roles = assign_roles(tasks, [pool.data[t].get(s.split_field) for t in tasks],
-                         fraction=s.holdout_fraction, seed=s.seed)
-    train = [t for t, r in zip(tasks, roles) if r == TRAIN]
-    if len(train) < 2:
-        raise ValueError(f"project {project}: too few labelled tasks to fine-tune on "
-                         "(retrain first, so their images are known to load)")
-    classes = list(label_config.classes)
-    labels = [classes.index(pool.labels[t]) for t in train]
-    images = _TaskImages(rt, [pool.urls[t] for t in train], bb.resize_size)
-    state = finetune(bb, images, labels, config, progress=progress)
-    path = save_weights(s.model_dir / "backbones", bb.name, state)
-    return rt.load_backbone(bb.name, str(path.relative_to(s.model_dir)))
-
-
-def _finetune(args: argparse.Namespace) -> None:
-    from ml_backend.jobs import _retrain, runtime
-
-    rt = runtime()
-    s = rt.settings
-    config = FinetuneConfig(epochs=args.epochs or s.finetune_epochs,
-                            loss=args.loss or s.finetune_loss,
-                            sampler=args.sampler or s.finetune_sampler, seed=s.seed)
-    tuned = finetune_backbone(rt, args.project, config, progress=True)
-    with rt.candidate_backbone(args.project, tuned):
-        out = _retrain(rt, args.project)
-    verdict = (out.get("promotion") or {}).get("reason", "promoted")
-    print(f"project {args.project}: fine-tuned backbone {tuned.fingerprint}; trained "
-          f"{out.get('version')}: {verdict}")
-
-
-# -- registration -----------------------------------------------------------------------------
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the model commands to the CLI's subcommands."""
-    p = sub.add_parser("rollback", help="serve an earlier version again")
-    p.add_argument("--project", type=int, required=True)
-    p.add_argument("version", help="version to serve, e.g. v3")
-    p.set_defaults(func=_rollback)
-
-    p = sub.add_parser("export", help="write a version as a self-contained TorchScript model")
-    p.add_argument("--project", type=int, required=True)
-    p.add_argument("--out", type=Path, required=True, help="new (or empty) folder to write")
-    p.add_argument("--version", help="version to export (default: the serving one)")
-    p.set_defaults(func=_export)
-
-    p = sub.add_parser("import-model", help="start a project from your own trained classifier")
-    p.add_argument("--project", type=int, required=True)
-    p.add_argument("file", type=Path, help="TorchScript file from export, or a torchvision "
-                   "classifier's state dict")
-    p.add_argument("--labels", type=Path, help="JSON list of class names in output order "
-                   "(required for a state dict)")
-    p.add_argument("--backbone", help="architecture of a state dict (default: BACKBONE)")
-    p.set_defaults(func=_import)
-
-    p = sub.add_parser("predict", help="classify a folder of images into a CSV file")
-    p.add_argument("--project", type=int, required=True)
-    p.add_argument("dir", type=Path, help="folder of images (searched recursively)")
-    p.add_argument("--out", type=Path, required=True, help="CSV file to write")
-    p.add_argument("--version", help="version to use (default: the serving one)")
-    p.set_defaults(func=_predict)
-
-    p = sub.add_parser("finetune", help="fine-tune the backbone on the project's labels now")
-    p.add_argument("--project", type=int, required=True)
-    p.add_argument("--epochs", type=int, help="default: FINETUNE_EPOCHS")
-    p.add_argument("--loss", choices=LOSSES, help="default: FINETUNE_LOSS")
-    p.add_argument("--sampler", choices=SAMPLERS, help="default: FINETUNE_SAMPLER")
-    p.set_defaults(func=_finetune)

@@ -19,11 +19,13 @@ import threading
 
 from redis import Redis
 from redis.exceptions import RedisError
-from rq import get_current_job
 
-from ml_backend import jobs, priorities
+from ml_backend.publish import secure_webhooks
+from ml_backend.pruning import stale_versions
+from ml_backend.queueing import enqueue
 from ml_backend.runtime import Runtime
 from ml_backend.settings import Settings
+from ml_backend.steps import StepContext, read_pool, trained_digest
 from model.versions import projects
 
 log = logging.getLogger(__name__)
@@ -31,27 +33,19 @@ log = logging.getLogger(__name__)
 REASON = "RECONCILE"
 
 
-def check(rt: Runtime, redis: Redis, project: int) -> dict:
+def check(rt: Runtime, project: int, ctx: StepContext) -> dict:
     """Secure the project's webhook; queue the deletion of old prediction versions left over
-    (by `seed` or `rollback`, say); queue a retrain if its labels changed since the last one."""
-    secured = priorities.secure_webhooks(rt, project)
-    config, pool = jobs.read_pool(rt, project)
+    (by `seed` or `rollback`, say); queue a retrain if its labels changed since the last one.
+    Jobs are queued through `ctx.enqueue_followup`."""
+    secured = secure_webhooks(rt, project)
+    config, pool = read_pool(rt, project, ctx)
     out = {"project": project, "labels": len(pool.labels), "webhooks_secured": secured}
     stored = rt.labelstudio.model_versions(project)
-    if priorities.stale_versions(rt, rt.serving_version(project), stored):
-        out["prune"] = jobs.enqueue(redis, rt.settings, "prune", project, REASON)["status"]
-    if not pool.labels or pool.digest(config.classes) == jobs.trained_digest(rt, project):
+    if stale_versions(rt, rt.serving_version(project), stored):
+        out["prune"] = ctx.enqueue_followup("prune", project, REASON)["status"]
+    if not pool.labels or pool.digest(config.classes) == trained_digest(rt, project):
         return out | {"status": "in step"}
-    return out | jobs.enqueue(redis, rt.settings, "retrain", project, REASON)
-
-
-def reconcile(project: int, reason: str = "") -> dict:
-    """RQ job: `check` one project."""
-    job = get_current_job()
-    job.connection.delete(jobs.pending_key(project, "reconcile"))
-    out = check(jobs.runtime(), job.connection, project)
-    log.info("project %s: %s", project, out)
-    return out
+    return out | ctx.enqueue_followup("retrain", project, REASON)
 
 
 def every_interval(settings: Settings, stop: threading.Event) -> None:
@@ -63,7 +57,7 @@ def every_interval(settings: Settings, stop: threading.Event) -> None:
     while True:
         try:
             for project in projects(settings.model_dir):
-                jobs.enqueue(redis, settings, "reconcile", project, "periodic")
+                enqueue(redis, settings, "reconcile", project, "periodic")
         except RedisError as exc:
             log.warning("cannot queue reconciliation (retried in %s s): %s",
                         settings.reconcile_interval, exc)

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from ml_backend.label_config import LabelConfig
-from ml_backend.labelstudio import LabelStudioClient
+from ml_backend.labelstudio import LabelStudioAPI, LabelStudioClient
 from ml_backend.settings import Settings
 from model.backbone import Backbone, load_backbone
+from model.classes import best_allowed
 from model.embeddings import EmbeddingStore, embed_tasks
 from model.head import predict_proba
 from model.versions import UNTRAINED, ModelVersion, VersionStore
@@ -23,8 +24,12 @@ log = logging.getLogger(__name__)
 
 
 class Runtime:
-    def __init__(self, settings: Settings):
+    """`labelstudio`: a client of one's own (the unit tests' stand-in); by default the real one,
+    made when first used."""
+
+    def __init__(self, settings: Settings, labelstudio: LabelStudioAPI | None = None):
         self.settings = settings
+        self._labelstudio = labelstudio
         self._lock = threading.Lock()
         self._stores: dict[tuple[int, str], EmbeddingStore] = {}
         self._loaded: dict[tuple[int, str], ModelVersion] = {}
@@ -80,9 +85,12 @@ class Runtime:
         return {"backbone": bb.name, "backbone_fingerprint": bb.fingerprint,
                 "backbone_weights": weights}
 
-    @cached_property
-    def labelstudio(self) -> LabelStudioClient:
-        return LabelStudioClient(self.settings)
+    @property
+    def labelstudio(self) -> LabelStudioAPI:
+        with self._lock:
+            if self._labelstudio is None:
+                self._labelstudio = LabelStudioClient(self.settings)
+            return self._labelstudio
 
     def versions(self, project: int) -> VersionStore:
         return VersionStore(self.settings.model_dir, project)
@@ -140,18 +148,17 @@ class Runtime:
         vectors, errors = self.embed(project, urls)
         for task, err in errors.items():
             log.warning("project %s task %s: no prediction: %s", project, task, err)
-        # Only classes the current config still offers may be proposed.
-        allowed = [i for i, c in enumerate(model.classes) if c in config.classes]
         ids = [t for t in (int(task["id"]) for task in tasks) if t in vectors]
         probs = predict_proba(model.head, np.stack([vectors[t] for t in ids])) if ids else None
+        # Only classes the current config still offers may be proposed.
+        best = best_allowed(probs, model.classes, config.classes) if ids else []
         by_task = {}
         for row, t in enumerate(ids):
-            if not allowed:
+            if best[row] < 0:
                 break
-            best = max(allowed, key=lambda i: probs[row, i])
             by_task[t] = {
-                "result": config.result(model.classes[best]),
-                "score": float(probs[row, best]),
+                "result": config.result(model.classes[best[row]]),
+                "score": float(probs[row, best[row]]),
                 "model_version": model.name,
             }
         empty = {"result": [], "score": 0.0, "model_version": model.name}

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from ml_backend import priorities
+from ml_backend import publish
 from ml_backend.label_config import parse_label_config
 from ml_backend.pool import build_pool
+from ml_backend.priorities import plan_order
 from ml_backend.runtime import Runtime
+from ml_backend.settings import COLD_START_METHODS
 
-COLD_START_METHODS = ("auto", "typiclust", "kcenter", "kmeans", "random")
 
 
 def seed(rt: Runtime, project: int, size: int, method: str = "auto", *, dry_run: bool = False,
@@ -32,13 +33,13 @@ def seed(rt: Runtime, project: int, size: int, method: str = "auto", *, dry_run:
     model = rt.serving_model(project)
     # With a serving model (topping up a project with few labels) its pre-annotations come along
     # and its version name is kept, so /setup and the queue agree.
-    plan = priorities.plan_order(rt, project, pool, config, model, strategy=method, k=size,
-                                 progress=progress)
+    plan = plan_order(rt, project, pool, config, model, strategy=method, k=size,
+                      progress=progress)
     chosen = plan.tasks[:size]
     out = {"project": project, "method": plan.strategy, "version": plan.version,
            "chosen": chosen, "urls": [pool.urls[t] for t in chosen],
            "labelled": len(pool.labels), "image_errors": plan.errors, "dry_run": dry_run}
     if not dry_run:
-        out["pushed"] = priorities.push(rt, project, plan, replace=True)
-        out |= priorities.switch(rt, project, plan.version)
+        out["pushed"] = publish.push(rt, project, plan, replace=True)
+        out |= publish.switch(rt, project, plan.version)
     return out

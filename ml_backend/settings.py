@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
-from model.finetune import FinetuneConfig
 from model.promotion import check_metric
-from model.training import TrainConfig
+
+if TYPE_CHECKING:  # torch comes with them: imported when a worker needs them, not for `--help`
+    from model.finetune import FinetuneConfig
+    from model.training import TrainConfig
+
+# Strategies `seed` can choose the first tasks with (before any label).
+COLD_START_METHODS = ("auto", "typiclust", "kcenter", "kmeans", "random")
 
 
 class Settings(BaseSettings):
@@ -164,6 +169,8 @@ class Settings(BaseSettings):
 
     def train_config(self) -> TrainConfig:
         """The settings that shape a training run, as the model package takes them."""
+        from model.training import TrainConfig
+
         return TrainConfig(
             seed=self.seed, hidden=self.head_hidden, dropout=self.head_dropout,
             ensemble=self.ensemble_size, holdout=self.holdout_fraction,
@@ -172,6 +179,8 @@ class Settings(BaseSettings):
         )
 
     def finetune_config(self) -> FinetuneConfig:
+        from model.finetune import FinetuneConfig
+
         return FinetuneConfig(epochs=self.finetune_epochs, loss=self.finetune_loss,
                               sampler=self.finetune_sampler, seed=self.seed)
 

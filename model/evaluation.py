@@ -10,6 +10,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+from model.classes import allowed_classes, best_allowed
+
 
 def evaluate(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
     """Accuracy, macro-F1, per-class precision/recall and the confusion matrix (JSON-ready)."""
@@ -40,9 +42,7 @@ def predict_classes(head, head_classes: list[str], x: np.ndarray, classes: list[
     """
     from model.head import predict_proba
 
-    allowed = [i for i, c in enumerate(head_classes) if c in classes]
-    if not allowed or len(x) == 0:
+    if not allowed_classes(head_classes, classes) or len(x) == 0:
         return np.full(len(x), -1, dtype=np.int64)
-    probs = predict_proba(head, x)[:, allowed]
-    to_new = np.array([classes.index(head_classes[i]) for i in allowed])
-    return to_new[probs.argmax(1)]
+    best = best_allowed(predict_proba(head, x), head_classes, classes)
+    return np.array([classes.index(head_classes[i]) for i in best], dtype=np.int64)

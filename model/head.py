@@ -84,7 +84,7 @@ def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def _restandardise(head: Head, mean: torch.Tensor, std: torch.Tensor) -> None:
+def restandardise(head: Head, mean: torch.Tensor, std: torch.Tensor) -> None:
     """Switch `head` to new input statistics without changing the function it computes."""
     first = head.body[1]
     scale = std / head.std
@@ -190,7 +190,7 @@ def train_head(
     mean, std = xt.mean(0), xt.std(0, unbiased=False).clamp_min(1e-6)
     if init is not None:
         head = copy.deepcopy(init)
-        _restandardise(head, mean, std)
+        restandardise(head, mean, std)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

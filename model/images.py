@@ -35,3 +35,7 @@ def decode_image(data: bytes, target: int = 224) -> Image.Image:
         raise BadImage("cannot decode image: not a format Pillow reads") from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt data
         raise BadImage(f"cannot decode image: {exc}") from None
+
+
+# Files taken for images by suffix (import-images, predict, simulate).
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"})

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from ml_backend.jobs import lock_key
+from ml_backend.queue_state import ProjectQueue
 
 from .labelstudio import ADMIN_EMAIL, ADMIN_PASSWORD
 from .loop import connect_backend, wait_for_idle_version
@@ -79,7 +79,8 @@ def test_label_all_tasks_serves_the_backends_choice_preselected(
 
     # The submit's webhook queues a retrain; holding the project's lock keeps that retrain
     # from reordering the queue while the browser asks for the next task.
-    lock = Redis.from_url(redis_url).lock(lock_key(project), timeout=600)
+    redis = Redis.from_url(redis_url)
+    lock = redis.lock(ProjectQueue(redis, project).lock_key, timeout=600)
     assert lock.acquire(blocking_timeout=60)
     try:
         seen = _label_stream(label_studio, project, tmp_path)

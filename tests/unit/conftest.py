@@ -1,5 +1,6 @@
 import pytest
 
+from ml_backend import jobs
 from ml_backend.runtime import Runtime
 from ml_backend.settings import Settings
 from tests.unit.fakes import FakeLabelStudio
@@ -20,6 +21,12 @@ def fake_ls() -> FakeLabelStudio:
 
 @pytest.fixture
 def runtime(settings, fake_ls) -> Runtime:
-    rt = Runtime(settings)
-    rt.__dict__["labelstudio"] = fake_ls  # replaces the cached_property
-    return rt
+    return Runtime(settings, labelstudio=fake_ls)
+
+
+@pytest.fixture
+def worker_runtime(runtime) -> Runtime:
+    """The test's runtime is also the one RQ jobs of this process (and its forks) use."""
+    jobs.use_runtime(runtime)
+    yield runtime
+    jobs.use_runtime(None)

@@ -15,10 +15,11 @@ from redis import Redis
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from ml_backend import jobs
 from ml_backend.runtime import Runtime
-from ml_backend.server import MAX_ID, create_app, project_id
+from ml_backend.routes.deps import MAX_ID, project_id
+from ml_backend.server import create_app
 from ml_backend.settings import Settings
+from ml_backend.steps import retrain
 from tests.unit.fakes import CONFIG, FakeLabelStudio
 
 EXAMPLES = 60
@@ -39,9 +40,8 @@ def api(redis_server, tmp_path_factory):
         model_dir=tmp_path_factory.mktemp("fuzz") / "models", backbone="mobilenet_v3_small",
         weights="none", redis_url=url, label_studio_url="http://ls.test:8080", batch_size=8,
     )
-    runtime = Runtime(settings)
-    runtime.__dict__["labelstudio"] = FakeLabelStudio()
-    jobs._retrain(runtime, 1)
+    runtime = Runtime(settings, labelstudio=FakeLabelStudio())
+    retrain(runtime, 1)
     yield schemathesis.openapi.from_asgi("/openapi.json", create_app(settings, runtime))
     Redis.from_url(url).flushdb()
 

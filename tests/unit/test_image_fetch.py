@@ -12,11 +12,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from ml_backend import jobs
 from ml_backend.labelstudio import ImageFetchError, LabelStudioClient
 from ml_backend.runtime import Runtime
 from ml_backend.server import create_app
 from ml_backend.settings import Settings
+from ml_backend.steps import retrain
 from tests.http_servers import Reply, serving
 from tests.images import png_bytes
 from tests.unit.fakes import CONFIG
@@ -109,7 +109,7 @@ def test_files_over_the_size_limit_are_refused(ls_server, path):
 
 def test_predict_serves_good_images_and_rejects_each_hostile_one(settings, runtime, ls_server,
                                                                  elsewhere):
-    jobs._retrain(runtime, 1)  # a serving version, trained on the stand-in's images
+    retrain(runtime, 1)  # a serving version, trained on the stand-in's images
     real = Settings(**(settings.model_dump() | {"label_studio_url": ls_server.url,
                                                  "image_max_bytes": LIMIT}))
     client = TestClient(create_app(real, Runtime(real)), raise_server_exceptions=False)

@@ -14,8 +14,11 @@ from rq import Queue, SimpleWorker
 from rq.scheduler import RQScheduler
 
 from ml_backend import jobs
+from ml_backend.queue_state import ProjectQueue
+from ml_backend.queueing import enqueue
 from ml_backend.server import create_app
 from ml_backend.settings import Settings
+from ml_backend.steps import retrain
 
 
 @pytest.fixture
@@ -29,8 +32,7 @@ def queue(settings, redis) -> Queue:
 
 
 @pytest.fixture
-def work(runtime, queue, redis, monkeypatch):
-    monkeypatch.setattr(jobs, "runtime", lambda: runtime)
+def work(worker_runtime, queue, redis):
     return lambda: SimpleWorker([queue], connection=redis).work(burst=True)
 
 
@@ -52,7 +54,7 @@ def test_duplicate_and_out_of_order_webhooks_train_once(settings, runtime, fake_
         client.post("/webhook", json=e)
     work()
     assert runtime.versions(1).names() == ["v1"]
-    history = jobs.job_history(redis, 1)
+    history = ProjectQueue(redis, 1).history()
     assert [h["status"] for h in history] == ["finished", "finished"]
     assert history[0]["unchanged"] is True and history[0]["version"] is None
     # A new label is trained on; "Start Training" retrains even unchanged labels.
@@ -69,20 +71,28 @@ def _burst_worker(redis_url: str, queue_name: str) -> None:
     SimpleWorker([Queue(queue_name, connection=redis)], connection=redis).work(burst=True)
 
 
-def test_two_workers_never_retrain_one_project_at_once(settings, queue, redis, runtime,
-                                                       monkeypatch):
-    def slow_retrain(rt, project, **kw):
+class SlowListing:
+    """Reading the project's tasks takes a while; each read records its span in Redis."""
+
+    def __init__(self, real, redis_url: str):
+        self.real, self.redis_url = real, redis_url
+
+    def __call__(self, project, *, token=None):
         start = time.time()
         time.sleep(0.4)
-        Redis.from_url(settings.redis_url).rpush("spans", json.dumps([start, time.time(),
-                                                                      os.getpid()]))
-        return {"version": None}
+        Redis.from_url(self.redis_url).rpush("spans", json.dumps([start, time.time(),
+                                                                  os.getpid()]))
+        return self.real(project, token=token)
 
-    monkeypatch.setattr(jobs, "runtime", lambda: runtime)
-    monkeypatch.setattr(jobs, "_retrain", slow_retrain)
+
+def test_two_workers_never_retrain_one_project_at_once(settings, queue, redis, worker_runtime,
+                                                       fake_ls):
+    for task in fake_ls.task_list:  # no labels: each retrain is the read and little else
+        task["annotations"] = []
+    fake_ls.labelling_tasks = SlowListing(fake_ls.labelling_tasks, settings.redis_url)
     for _ in range(4):  # straight onto the queue, past the coalescing
         queue.enqueue(jobs.retrain, 1, "ANNOTATION_CREATED")
-    # Forked workers inherit the patched job; each has its own Redis connection.
+    # Forked workers inherit the runtime; each has its own Redis connection.
     fork = multiprocessing.get_context("fork")
     workers = [fork.Process(target=_burst_worker, args=(settings.redis_url, settings.queue_name))
                for _ in range(2)]
@@ -100,22 +110,22 @@ def test_two_workers_never_retrain_one_project_at_once(settings, queue, redis, r
 
 def test_label_studio_down_retries_then_fails_visibly_and_the_old_order_stays(
         settings, runtime, fake_ls, queue, redis, work):
-    jobs._retrain(runtime, 1)
+    retrain(runtime, 1)
     assert fake_ls.sampling["model_version"] == "v1"
     runtime.settings = Settings(**(settings.model_dump() | {"job_retries": 2,
                                                             "job_retry_delay": 1}))
     fake_ls.down = True
-    job = jobs.enqueue(redis, runtime.settings, "retrain", 1, "ANNOTATION_CREATED")
+    job = enqueue(redis, runtime.settings, "retrain", 1, "ANNOTATION_CREATED")
     assert queue.fetch_job(job["job_id"]).retry_intervals == [1, 2]
     scheduler = RQScheduler([queue], connection=redis)
     scheduler.acquire_locks()
     deadline = time.monotonic() + 30
-    while not any(h["status"] == "failed" for h in jobs.job_history(redis, 1)):
-        assert time.monotonic() < deadline, jobs.job_history(redis, 1)
+    while not any(h["status"] == "failed" for h in ProjectQueue(redis, 1).history()):
+        assert time.monotonic() < deadline, ProjectQueue(redis, 1).history()
         work()
         time.sleep(0.5)
         scheduler.enqueue_scheduled_jobs()  # what a worker's scheduler does once a retry is due
-    history = jobs.job_history(redis, 1)
+    history = ProjectQueue(redis, 1).history()
     assert [h["status"] for h in history] == ["failed", "retrying", "retrying"]
     assert all("Connection refused" in h["error"] for h in history)
     # The previous version keeps serving and keeps ordering Label Studio's queue.
@@ -128,8 +138,8 @@ def test_label_studio_down_retries_then_fails_visibly_and_the_old_order_stays(
 
 
 def test_retries_follow_the_settings(settings, redis, queue):
-    job = jobs.enqueue(redis, settings, "retrain", 1, "x")
+    job = enqueue(redis, settings, "retrain", 1, "x")
     assert queue.fetch_job(job["job_id"]).retry_intervals == [10, 20, 40]
     none = Settings(**(settings.model_dump() | {"job_retries": 0}))
-    job = jobs.enqueue(redis, none, "retrain", 2, "x")
+    job = enqueue(redis, none, "retrain", 2, "x")
     assert queue.fetch_job(job["job_id"]).retries_left is None

@@ -1,11 +1,11 @@
 import base64
 import json
 
+import httpx
 import pytest
-
 from label_studio_sdk import LabelStudio
 
-from ml_backend.labelstudio import ImageFetchError, LabelStudioClient
+from ml_backend.labelstudio import ImageFetchError, LabelStudioClient, LabelStudioError
 from ml_backend.pool import annotator_ids
 from ml_backend.settings import Settings
 
@@ -20,8 +20,13 @@ def _b64(obj: dict) -> str:
 PAT = f"{_b64({'alg': 'HS256'})}.{_b64({'token_type': 'refresh', 'exp': 4102444800})}.c2ln"
 
 
-def client(**kw) -> LabelStudioClient:
-    return LabelStudioClient(Settings(label_studio_url="http://ls.test:8080/", **kw))
+def client(http: httpx.Client | None = None, **kw) -> LabelStudioClient:
+    return LabelStudioClient(Settings(label_studio_url="http://ls.test:8080/", **kw), http=http)
+
+
+def mock(answer) -> httpx.Client:
+    """An HTTP client whose requests `answer(request)` answers."""
+    return httpx.Client(transport=httpx.MockTransport(answer))
 
 
 def test_relative_task_urls_resolve_against_label_studio():
@@ -72,7 +77,7 @@ def _counting_listing(ls, monkeypatch, light: list[dict], full: list[dict]) -> l
         calls.append("annotated")
         return [dict(t) for t in full]
 
-    monkeypatch.setattr(ls, "_list_tasks", every)
+    monkeypatch.setattr(ls, "list_tasks", every)
     monkeypatch.setattr(ls, "annotated_tasks", annotated)
     return calls
 
@@ -96,8 +101,6 @@ def test_labelling_tasks_list_every_task_light_and_only_annotated_ones_in_full(m
 def test_annotated_tasks_come_from_the_export_of_finished_tasks():
     """The export is twice as fast as the Data Manager's listing; it names annotators by id
     only, so with ANNOTATORS set their emails are looked up for the filter."""
-    import httpx
-
     exported = [{"id": 2, "data": {}, "annotations": [{"id": 7, "completed_by": 3}]}]
     seen = []
 
@@ -109,15 +112,13 @@ def test_annotated_tasks_come_from_the_export_of_finished_tasks():
             return httpx.Response(200, json=[{"id": 3, "email": "Ann@example.com"}])
         return httpx.Response(404)
 
-    ls = client(label_studio_api_key=LEGACY)
-    ls._http = httpx.Client(transport=httpx.MockTransport(answer))
+    ls = client(label_studio_api_key=LEGACY, http=mock(answer))
     [task] = ls.annotated_tasks(5)
     assert task["annotations"][0]["completed_by"] == 3  # no ANNOTATORS: no user listing
     assert seen == [("/api/projects/5/export",
                      {"exportType": "JSON", "download_all_tasks": "false"})]
 
-    ls = client(label_studio_api_key=LEGACY, annotators="ann@example.com")
-    ls._http = httpx.Client(transport=httpx.MockTransport(answer))
+    ls = client(label_studio_api_key=LEGACY, annotators="ann@example.com", http=mock(answer))
     ls.sdk = LabelStudio(base_url="http://ls.test:8080", api_key=LEGACY,
                          httpx_client=httpx.Client(transport=httpx.MockTransport(answer)))
     [task] = ls.annotated_tasks(5)
@@ -176,7 +177,7 @@ def test_tasks_lacking_a_version_are_asked_of_label_studio_by_filter(monkeypatch
         seen["filters"] = filters
         return iter([{"id": 4}, {"id": 9}])
 
-    monkeypatch.setattr(ls, "_list_tasks", listing)
+    monkeypatch.setattr(ls, "list_tasks", listing)
     assert ls.tasks_lacking(5, "v3") == {4, 9}
     [item] = seen["filters"]["items"]
     assert item["filter"] == "filter:tasks:predictions_model_versions"
@@ -187,9 +188,6 @@ def test_an_old_version_is_deleted_one_prediction_per_request():
     """Label Studio deletes a whole version in one long transaction that makes annotators'
     submits fail (SQLite) or wait (PostgreSQL); one prediction per request keeps each write
     short, and `more` splits the work into slices."""
-    import httpx
-
-    ls = client(label_studio_api_key=LEGACY)
     stored = [{"id": 1, "model_version": "v1"}, {"id": 2, "model_version": "v2"},
               {"id": 3, "model_version": "v1"}, {"id": 4, "model_version": "v1"}]
     requests = []
@@ -205,7 +203,7 @@ def test_an_old_version_is_deleted_one_prediction_per_request():
             return httpx.Response(204)
         return httpx.Response(500)
 
-    ls._http = httpx.Client(transport=httpx.MockTransport(answer))
+    ls = client(label_studio_api_key=LEGACY, http=mock(answer))
     assert ls.delete_model_version(5, "v1", more=lambda: False) == 3  # no time left
     assert ls.delete_model_version(5, "v1", more=lambda: True) == 0
     assert requests == [("GET", "/api/predictions/")] + [
@@ -218,12 +216,9 @@ def test_an_old_version_is_deleted_one_prediction_per_request():
 def test_a_prediction_delete_that_finds_the_database_locked_is_tried_again(monkeypatch):
     """On SQLite a delete queued behind a long write answers 500 "database is locked"; the
     prediction must still go, and one that keeps failing stays listed for the next slice."""
-    import httpx
-
     from ml_backend import labelstudio
 
     monkeypatch.setattr(labelstudio, "DELETE_PAUSES", (0, 0, 0))
-    ls = client(label_studio_api_key=LEGACY)
     locked = {"1": 2, "2": 10**9}  # prediction id -> 500s still to answer
 
     def answer(request: httpx.Request) -> httpx.Response:
@@ -236,9 +231,10 @@ def test_a_prediction_delete_that_finds_the_database_locked_is_tried_again(monke
             return httpx.Response(500, text="database is locked")
         return httpx.Response(204)
 
-    ls._http = httpx.Client(transport=httpx.MockTransport(answer))
-    with pytest.raises(RuntimeError, match="predictions/2/ answered 500"):
+    ls = client(label_studio_api_key=LEGACY, http=mock(answer))
+    with pytest.raises(LabelStudioError, match="predictions/2/ answered 500") as failed:
         ls.delete_model_version(5, "v1", more=lambda: True)
+    assert failed.value.status_code == 500
     locked["2"] = 2  # the writer is done
     assert ls.delete_model_version(5, "v1", more=lambda: True) == 0
     assert locked == {"1": 0, "2": 0}

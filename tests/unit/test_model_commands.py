@@ -14,8 +14,12 @@ from torchvision import models
 
 from ml_backend import jobs
 from ml_backend.__main__ import main
-from ml_backend.model_commands import export, finetune_backbone, import_model, predict_folder
+from ml_backend.finetuning import finetune_backbone
+from ml_backend.model_commands import export, import_model, predict_folder
+from ml_backend.queue_state import ProjectQueue
+from ml_backend.queueing import enqueue_retrain
 from ml_backend.runtime import Runtime
+from ml_backend.steps import retrain
 from ml_backend.settings import get_settings
 from model.finetune import FinetuneConfig
 from model.head import predict_proba
@@ -24,7 +28,7 @@ from tests.images import png_bytes
 
 @pytest.fixture
 def trained(runtime):
-    jobs._retrain(runtime, 1)
+    retrain(runtime, 1)
     return runtime
 
 
@@ -142,19 +146,20 @@ def test_cli_errors_are_one_line_and_change_nothing(trained, tmp_path, cli_env, 
     assert trained.versions(1).serving() == "v1"
 
 
-def test_finetune_job_trains_a_version_on_a_new_backbone(settings, fake_ls, monkeypatch):
+def test_finetune_job_trains_a_version_on_a_new_backbone(settings, fake_ls, monkeypatch,
+                                                          request):
     rt = Runtime(settings.model_copy(update={
         "finetune_every": 10, "finetune_epochs": 1, "promotion_min_heldout": 0,
-        "promotion_tolerance": 1.0}))
-    rt.__dict__["labelstudio"] = fake_ls
-    monkeypatch.setattr(jobs, "runtime", lambda: rt)
+        "promotion_tolerance": 1.0}), labelstudio=fake_ls)
+    jobs.use_runtime(rt)
+    request.addfinalizer(lambda: jobs.use_runtime(None))
     monkeypatch.setattr(rt.settings.__class__, "finetune_config", lambda s: FinetuneConfig(
         epochs=1, p=3, k=2, augment=False))
     redis = Redis.from_url(settings.redis_url)
-    jobs.enqueue_retrain(redis, rt.settings, 1, "START_TRAINING")
+    enqueue_retrain(redis, rt.settings, 1, "START_TRAINING")
     SimpleWorker([Queue(rt.settings.queue_name, connection=redis)], connection=redis).work(
         burst=True)
-    history = jobs.job_history(redis, 1)
+    history = ProjectQueue(redis, 1).history()
     assert [h["kind"] for h in reversed(history)] == ["retrain", "finetune"], history
     assert history[0]["status"] == "finished"
     store = rt.versions(1)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.head import Ensemble, Head, _restandardise, grow, predict_proba, train_head
+from model.head import Ensemble, Head, restandardise, grow, predict_proba, train_head
 from model.promotion import check_metric, decide, metric_value
 from model.training import TEST, TRAIN, VAL, TrainConfig, assign_roles, fit, train_candidate
 from model.versions import ModelVersion
@@ -63,7 +63,7 @@ def test_restandardising_keeps_the_function():
     x, y = blobs()
     head, _ = train_head(x, y, 3, hidden=8, seed=0)
     before = predict_proba(head, x)
-    _restandardise(head, torch.full((16,), 0.5), torch.full((16,), 2.0))
+    restandardise(head, torch.full((16,), 0.5), torch.full((16,), 2.0))
     np.testing.assert_allclose(predict_proba(head, x), before, atol=1e-5)
 
 

@@ -4,16 +4,13 @@ import json
 
 import pytest
 
-from ml_backend import jobs
-from ml_backend.model_commands import rollback
 from ml_backend.runtime import Runtime
+from ml_backend.steps import retrain, rollback
 from model.versions import UnknownVersion
 
 
 def runtime_with(settings, fake_ls, **changes) -> Runtime:
-    rt = Runtime(settings.model_copy(update=changes))
-    rt.__dict__["labelstudio"] = fake_ls
-    return rt
+    return Runtime(settings.model_copy(update=changes), labelstudio=fake_ls)
 
 
 def relabel(fake_ls, task_ids, mapping):
@@ -33,14 +30,14 @@ def test_a_worse_version_is_kept_but_does_not_serve(settings, fake_choice):
     fake_ls = fake_choice
     rt = runtime_with(settings, fake_ls, promotion_min_heldout=0, promotion_tolerance=0.0,
                       promotion_metric="accuracy")
-    first = jobs._retrain(rt, 1)
+    first = retrain(rt, 1)
     store = rt.versions(1)
     held = json.loads((store.versions_dir / "v1" / "tasks.json").read_text())["val"]
     assert first["version"] == "v1" and store.serving() == "v1" and held
     # Annotators get the training tasks wrong; the held-out tasks keep their labels.
     trained = set(store.load("v1").tasks["train"])
     relabel(fake_ls, trained, {"red": "green", "green": "blue", "blue": "red"})
-    second = jobs._retrain(rt, 1)
+    second = retrain(rt, 1)
     assert second["version"] == "v2" and second["promoted"] is False
     assert store.serving() == "v1" and store.names() == ["v1", "v2"]
     verdict = store.meta("v2")["promotion"]
@@ -71,7 +68,7 @@ def test_tasks_marked_val_or_test_are_never_trained_on(settings, fake_ls):
             task["data"]["split"] = "val"
     marked = {t["id"]: t["data"].get("split") for t in fake_ls.task_list if t["annotations"]}
     rt = runtime_with(settings, fake_ls)
-    jobs._retrain(rt, 1)
+    retrain(rt, 1)
     version = rt.versions(1).load("v1")
     assert sorted(version.tasks["test"]) == sorted(t for t, s in marked.items() if s == "test")
     assert sorted(version.tasks["val"]) == sorted(t for t, s in marked.items() if s == "val")
@@ -88,9 +85,9 @@ def test_annotation_filters_choose_what_is_trained_on(settings, fake_ls):
         ann["created_username"] = "ann@example.com, 7" if i % 2 else "bob@example.com, 8"
         ann["ground_truth"] = i < 4
     rt = runtime_with(settings, fake_ls, annotators=["ANN@example.com"])
-    assert jobs._retrain(rt, 1)["n_labels"] == 6
+    assert retrain(rt, 1)["n_labels"] == 6
     skipped = rt.versions(1).meta("v1")["skipped"]
     assert skipped["annotated only by annotators not in ANNOTATORS"] == 6
 
     rt = runtime_with(settings, fake_ls, annotators=["7", "8"], ground_truth_only=True)
-    assert jobs._retrain(rt, 1)["n_labels"] == 4
+    assert retrain(rt, 1)["n_labels"] == 4

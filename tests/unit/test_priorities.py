@@ -3,8 +3,11 @@
 import pytest
 from redis import Redis
 
-from ml_backend import jobs
+from ml_backend.pruning import prune_versions, stale_versions
+from ml_backend.queue_state import ProjectQueue
+from ml_backend.queueing import enqueue, enqueue_retrain
 from ml_backend.seeding import seed
+from ml_backend.steps import prioritize, retrain
 
 
 def unlabelled(fake_ls):
@@ -12,7 +15,7 @@ def unlabelled(fake_ls):
 
 
 def test_a_retrain_gives_every_unlabelled_task_a_prediction_of_the_new_version(runtime, fake_ls):
-    result = jobs._retrain(runtime, 1)
+    result = retrain(runtime, 1)
     assert result["queue"]["pushed"] == len(unlabelled(fake_ls)) == 6
     preds = [p for p in fake_ls.predictions if p["model_version"] == "v1"]
     assert {p["task"] for p in preds} == unlabelled(fake_ls)
@@ -25,7 +28,7 @@ def test_a_retrain_gives_every_unlabelled_task_a_prediction_of_the_new_version(r
 def test_each_retrain_reorders_under_a_new_version_and_prunes_old_ones(runtime, fake_ls):
     runtime.settings.keep_versions = 2
     for _ in range(3):
-        jobs._retrain(runtime, 1)
+        retrain(runtime, 1)
     assert set(fake_ls.model_versions(1)) == {"v2", "v3"}
     assert fake_ls.sampling["model_version"] == "v3"
 
@@ -34,28 +37,28 @@ def test_a_failed_deletion_of_an_old_version_leaves_the_new_order_live(runtime, 
     """Deleting a large version can outlast the timeout on a busy Label Studio; the order is
     live by then, so the job must not fail (and retrain again): the next round deletes it."""
     runtime.settings.keep_versions = 1
-    jobs._retrain(runtime, 1)
+    retrain(runtime, 1)
     delete = fake_ls.delete_model_version
 
     def busy(project: int, version: str, *, more=None) -> int:
         raise RuntimeError("DELETE /api/predictions/3/ timed out")
 
     fake_ls.delete_model_version = busy
-    result = jobs._retrain(runtime, 1)
+    result = retrain(runtime, 1)
     assert result["queue"]["deleted_versions"] == []
     assert fake_ls.sampling["model_version"] == "v2"
     fake_ls.delete_model_version = delete
-    result = jobs._retrain(runtime, 1)
+    result = retrain(runtime, 1)
     assert result["queue"]["made_room"] + result["queue"]["deleted_versions"] == ["v1", "v2"]
     assert set(fake_ls.model_versions(1)) == {"v3"}
 
 
 def test_labelling_removes_a_task_from_the_next_order(runtime, fake_ls):
-    jobs._retrain(runtime, 1)
+    retrain(runtime, 1)
     first = fake_ls.queue("v1")[0]
     task = next(t for t in fake_ls.task_list if t["id"] == first)
     task["annotations"] = [fake_ls.annotation(task["truth"], first)]
-    jobs._retrain(runtime, 1)
+    retrain(runtime, 1)
     assert first not in fake_ls.queue("v2")
     assert len(fake_ls.queue("v2")) == 5
 
@@ -63,7 +66,7 @@ def test_labelling_removes_a_task_from_the_next_order(runtime, fake_ls):
 def test_a_task_with_a_broken_image_is_served_last(runtime, fake_ls):
     broken = next(t for t in fake_ls.task_list if not t["annotations"])
     fake_ls.images[broken["data"]["image"]] = b"broken"
-    jobs._retrain(runtime, 1)
+    retrain(runtime, 1)
     assert fake_ls.queue("v1")[-1] == broken["id"]
 
 
@@ -100,23 +103,23 @@ def test_seed_errors_are_one_line(runtime, fake_ls, change, message):
 
 
 def test_new_tasks_get_a_priority_under_the_serving_version(runtime, fake_ls):
-    jobs._retrain(runtime, 1)
+    retrain(runtime, 1)
     new = {"id": 99, "data": {"image": fake_ls.task_list[0]["data"]["image"]},
            "annotations": [], "truth": "red"}
     fake_ls.task_list.append(new)
-    result = jobs._prioritize(runtime, 1)
+    result = prioritize(runtime, 1)
     assert result == {"pushed": 1, "version": "v1", "strategy": result["strategy"]}
     assert 99 in fake_ls.queue("v1")
-    assert jobs._prioritize(runtime, 1)["pushed"] == 0  # idempotent
+    assert prioritize(runtime, 1)["pushed"] == 0  # idempotent
 
 
 def test_retrain_every_n_annotations(settings):
     redis = Redis.from_url(settings.redis_url)
     settings.retrain_every = 3
-    got = [jobs.enqueue_retrain(redis, settings, 1, "ANNOTATION_CREATED")["status"]
+    got = [enqueue_retrain(redis, settings, 1, "ANNOTATION_CREATED")["status"]
            for _ in range(3)]
     assert got == ["counted", "counted", "queued"]
-    assert jobs.enqueue_retrain(redis, settings, 2, "START_TRAINING")["status"] == "queued"
+    assert enqueue_retrain(redis, settings, 2, "START_TRAINING")["status"] == "queued"
 
 
 def test_tasks_the_annotation_filters_leave_out_are_not_queued(runtime, fake_ls):
@@ -126,33 +129,32 @@ def test_tasks_the_annotation_filters_leave_out_are_not_queued(runtime, fake_ls)
     for i, task in enumerate(annotated):
         task["annotations"][0]["completed_by"] = 7 if i % 2 else 8
     runtime.settings.annotators = ["7"]
-    result = jobs._retrain(runtime, 1)
+    result = retrain(runtime, 1)
     assert result["n_labels"] == 6
     queued = {p["task"] for p in fake_ls.predictions if p["model_version"] == "v1"}
     assert queued == unlabelled(fake_ls)
 
 
-def test_a_large_old_version_is_deleted_in_slices_by_prune_jobs(settings, runtime, fake_ls,
-                                                                monkeypatch):
+def test_a_large_old_version_is_deleted_in_slices_by_prune_jobs(settings, worker_runtime,
+                                                                fake_ls):
     """Deleting thousands of predictions takes minutes: each job deletes for one slice and a
     `prune` job goes on with the rest, queued behind any retrain, recorded only if it fails."""
     from rq import Queue, SimpleWorker
 
-    monkeypatch.setattr(jobs, "runtime", lambda: runtime)
     redis = Redis.from_url(settings.redis_url)
-    runtime.settings.keep_versions = 1
+    worker_runtime.settings.keep_versions = 1
     fake_ls.deletes_per_call = 2  # 6 predictions of v1: three slices
     queue = Queue(settings.queue_name, connection=redis)
     for _ in range(2):
-        jobs.enqueue(redis, settings, "retrain", 1, "START_TRAINING")
+        enqueue(redis, settings, "retrain", 1, "START_TRAINING")
         SimpleWorker([queue], connection=redis).work(burst=True, max_jobs=1)
     assert fake_ls.model_versions(1) == {"v1": 4, "v2": 6}  # one slice done in the retrain
     assert queue.count == 1 and queue.jobs[0].func_name == "ml_backend.jobs.prune"
-    jobs.enqueue(redis, settings, "retrain", 1, "START_TRAINING")  # an annotation meanwhile
+    enqueue(redis, settings, "retrain", 1, "START_TRAINING")  # an annotation meanwhile
     SimpleWorker([queue], connection=redis).work(burst=True)
     assert set(fake_ls.model_versions(1)) == {"v3"}
-    assert [h["kind"] for h in jobs.job_history(redis, 1)] == ["retrain"] * 3
-    assert not redis.exists(jobs.pending_key(1, "prune"))
+    assert [h["kind"] for h in ProjectQueue(redis, 1).history()] == ["retrain"] * 3
+    assert not ProjectQueue(redis, 1).is_pending("prune")
 
 
 def test_deleting_old_versions_gives_way_to_a_waiting_retrain_but_never_piles_up(
@@ -160,23 +162,20 @@ def test_deleting_old_versions_gives_way_to_a_waiting_retrain_but_never_piles_up
     """A retrain queued while old versions are deleted goes first (annotators wait for their
     new order, not for clean-up); but more than KEEP_VERSIONS stale versions are never left: a
     retrain deletes the oldest in full before it pushes."""
-    from ml_backend import priorities
-
     runtime.settings.keep_versions = 2
     fake_ls.deletes_per_call = 0  # Label Studio too busy to delete anything within a slice
     for _ in range(3):
-        jobs._retrain(runtime, 1)
+        retrain(runtime, 1)
     stored = fake_ls.model_versions(1)
-    assert priorities.stale_versions(runtime, "v3", stored) == ["v1"]
+    assert stale_versions(runtime, "v3", stored) == ["v1"]
     fake_ls.deletes_per_call = 10**9
-    deleted, pending = priorities.prune_versions(runtime, 1, "v3", stored,
-                                                 interrupted=lambda: True)
+    deleted, pending = prune_versions(runtime, 1, "v3", stored, interrupted=lambda: True)
     assert (deleted, pending) == ([], True) and fake_ls.model_versions(1) == stored
 
     fake_ls.deletes_per_call = 0
     for _ in range(3):
-        result = jobs._retrain(runtime, 1)
-        stale = priorities.stale_versions(runtime, result["version"], fake_ls.model_versions(1))
+        result = retrain(runtime, 1)
+        stale = stale_versions(runtime, result["version"], fake_ls.model_versions(1))
         assert len(stale) <= runtime.settings.keep_versions, stale
     assert result["queue"]["made_room"] == ["v2"]
     assert set(fake_ls.model_versions(1)) == {"v3", "v4", "v5", "v6"}  # 2 kept, 2 waiting

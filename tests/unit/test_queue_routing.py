@@ -7,8 +7,8 @@ import pytest
 from redis import Redis
 from rq import Queue
 
-from ml_backend import jobs
 from ml_backend.__main__ import worker_queues
+from ml_backend.queueing import enqueue
 from ml_backend.settings import Settings
 
 
@@ -21,7 +21,7 @@ def test_jobs_are_queued_where_their_workers_listen(redis_url, gpu_queue, expect
     settings = Settings(redis_url=redis_url, gpu_queue_name=gpu_queue)
     redis = Redis.from_url(redis_url)
     for kind in expected:
-        assert jobs.enqueue(redis, settings, kind, 1, "test")["status"] == "queued"
+        assert enqueue(redis, settings, kind, 1, "test")["status"] == "queued"
     for name in ("gpu", "al-backend"):
         queued = {job.id.split("-")[0] for job in Queue(name, connection=redis).jobs}
         assert queued == {k for k, q in expected.items() if q == name}, name

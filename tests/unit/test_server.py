@@ -1,9 +1,10 @@
 import pytest
 from fastapi.testclient import TestClient
 
-from ml_backend import jobs
+from ml_backend.queue_state import ProjectQueue
 from ml_backend.server import create_app
 from ml_backend.settings import Settings
+from ml_backend.steps import retrain
 from tests.unit.fakes import CONFIG
 
 
@@ -14,7 +15,7 @@ def client(settings, runtime):
 
 @pytest.fixture
 def trained(runtime):
-    jobs._retrain(runtime, 1)
+    retrain(runtime, 1)
     return runtime
 
 
@@ -34,7 +35,7 @@ def test_setup_reports_untrained_then_the_serving_version(client, runtime):
     body = {"project": "1.1700000000", "schema": CONFIG, "hostname": "http://localhost:8080",
             "access_token": "x", "extra_params": None}
     assert client.post("/setup", json=body).json() == {"model_version": "untrained"}
-    jobs._retrain(runtime, 1)
+    retrain(runtime, 1)
     assert client.post("/setup", json=body | {"extra_params": "{}"}).json() == {"model_version": "v1"}
 
 
@@ -124,7 +125,7 @@ def test_task_events_make_workers_list_the_tasks_afresh(client, settings):
         res = client.post("/webhook", json={"action": action, "project": {"id": 7}})
         assert res.status_code == 200
     assert res.json()["status"] == "noted"
-    assert int(r.get(jobs.tasks_changed_key(7))) == 2
+    assert int(ProjectQueue(r, 7).tasks_changed()) == 2
 
 
 def test_other_events_are_ignored_and_missing_project_is_a_4xx(client):

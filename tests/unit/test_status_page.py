@@ -11,8 +11,9 @@ import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from ml_backend import jobs
+from ml_backend.queue_state import ProjectQueue
 from ml_backend.server import create_app
+from ml_backend.steps import retrain
 
 CURVE_BLUE = np.array([0x1F, 0x77, 0xB4])
 
@@ -28,7 +29,7 @@ def trained_app(settings, runtime, fake_ls):
     for n in (6, 12, 18):
         for t in fake_ls.task_list:
             t["annotations"] = [fake_ls.annotation(t["truth"], t["id"])] if t["id"] <= n else []
-        jobs._retrain(runtime, 1)
+        retrain(runtime, 1)
     return create_app(settings, runtime)
 
 
@@ -47,7 +48,7 @@ def test_status_lists_versions_with_metrics_and_the_curve_is_drawn(trained_app):
 def test_a_failed_job_shows_its_error_escaped(settings, runtime, trained_app):
     from redis import Redis
 
-    jobs._record(Redis.from_url(settings.redis_url), 1, {
+    ProjectQueue(Redis.from_url(settings.redis_url), 1).record({
         "kind": "retrain", "status": "failed", "reason": "START_TRAINING",
         "error": "RuntimeError: <script>alert(1)</script>", "started_at": time.time()})
     page = TestClient(trained_app).get("/").text

@@ -1,0 +1,267 @@
+"""The loop's steps: plain functions of the runtime, the project and a `StepContext`.
+
+A retrain is read the pool -> train a version -> publish its order -> switch to it -> prune old
+versions. A worker's job (`ml_backend.jobs`) and the command line call the same steps under the
+project's lock; only their contexts differ: a worker's keeps the task listing between jobs, lets
+deleting old versions give way to a waiting retrain and queues follow-up jobs; the command
+line's does none of that.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+from redis import Redis
+
+from ml_backend import publish
+from ml_backend.label_config import LabelConfig, parse_label_config
+from ml_backend.pool import Pool, build_pool
+from ml_backend.priorities import plan_order
+from ml_backend.pruning import make_room, prune_versions
+from ml_backend.queue_state import ProjectQueue
+from ml_backend.runtime import Runtime
+from model.training import train_candidate
+from model.versions import UNTRAINED, ModelVersion
+
+log = logging.getLogger(__name__)
+
+
+def _never() -> bool:
+    return False
+
+
+def _no_followup(kind: str, project: int, reason: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a step may use besides the runtime; the default is the command line's."""
+
+    redis: Redis | None = None  # a worker's: task listings kept between jobs, fine-tune counts
+    kind: str = ""  # the job running the step ("" from the command line)
+    should_stop: Callable[[], bool] = _never  # a retrain is waiting: deleting gives way to it
+    # Queue job `kind` for `project` (pruning left to do, a fine-tune due, a retrain needed).
+    enqueue_followup: Callable[[str, int, str], dict | None] = _no_followup
+
+
+@contextmanager
+def timed(project: int, step: str) -> Iterator[dict]:
+    """One INFO line when `step` ends: its time and what the body noted in the dict."""
+    noted: dict = {}
+    start = time.perf_counter()
+    yield noted
+    detail = ", ".join(f"{k} {v}" for k, v in noted.items())
+    log.info("project %s: %s in %.2f s%s", project, step, time.perf_counter() - start,
+             f" ({detail})" if detail else "")
+
+
+def read_pool(rt: Runtime, project: int, ctx: StepContext = StepContext(),
+              tasks: list[dict] | None = None) -> tuple[LabelConfig, Pool]:
+    """The project's label config and pool as Label Studio has them now (from `tasks` when the
+    caller already listed them), with the annotation filters every step applies alike.
+
+    With a worker's context the listing of every task is kept between jobs while the project's
+    task count and its task events stay the same: see `labelling_tasks`."""
+    with timed(project, "read pool") as noted:
+        info = rt.labelstudio.project(project)
+        config = parse_label_config(info.label_config or "")
+        if tasks is None:
+            token = None if ctx.redis is None else (
+                info.task_number, ProjectQueue(ctx.redis, project).tasks_changed())
+            tasks = rt.labelstudio.labelling_tasks(project, token=token)
+        pool = build_pool(tasks, config, annotators=frozenset(rt.settings.annotators),
+                          ground_truth_only=rt.settings.ground_truth_only)
+        noted |= {"labels": len(pool.labels), "unlabelled": len(pool.unlabeled)}
+    return config, pool
+
+
+def trained_digest(rt: Runtime, project: int) -> str | None:
+    """`Pool.digest` of the labels the newest version (promoted or not) was trained on."""
+    store = rt.versions(project)
+    names = store.names()
+    return store.meta(names[-1]).get("labels_digest") if names else None
+
+
+def retrain(rt: Runtime, project: int, ctx: StepContext = StepContext(), *,
+            force: bool = True) -> dict:
+    """Train a version on Label Studio's labels and, when promoted, serve it and its order;
+    unless `force`, only if the labels changed (duplicate, late or replayed webhooks and
+    reconciliation then never train the same labels twice)."""
+    config, pool = read_pool(rt, project, ctx)
+    digest = pool.digest(config.classes)
+    if not force and pool.labels and digest == trained_digest(rt, project):
+        log.info("project %s: labels unchanged since the newest version, no retrain", project)
+        return {"version": None, "unchanged": True, "n_labels": len(pool.labels)}
+    if not pool.labels:
+        log.info("project %s: no usable labels yet (%s)", project, dict(pool.skipped))
+        return {"version": None, "n_labels": 0, "skipped": dict(pool.skipped)}
+    name, meta, n_labels = train_version(rt, project, config, pool, digest)
+    maybe_finetune(rt, project, ctx, n_labels)
+    if not meta["promotion"]["promoted"]:
+        log.warning("project %s: %s is not promoted: %s", project, name,
+                    meta["promotion"]["reason"])
+        return {"version": name, "promoted": False, "n_labels": n_labels,
+                "metrics": meta["metrics"], "promotion": meta["promotion"]}
+    # Predictions first, then the pointer /setup reads, then the switch: Label Studio never
+    # asks /predict for a version whose priorities are not in place yet.
+    queue = publish_order(rt, project, pool, config, name)
+    queue |= switch_to(rt, project, name, ctx)
+    continue_pruning(project, ctx, queue)
+    log.info("project %s: trained %s on %d labels, serving it", project, name, n_labels)
+    return {"version": name, "n_labels": n_labels, "metrics": meta["metrics"], "queue": queue}
+
+
+def train_version(rt: Runtime, project: int, config: LabelConfig, pool: Pool,
+                  digest: str) -> tuple[str, dict, int]:
+    """Embed the labelled tasks, train a candidate, judge it against the serving version and
+    store it (not yet serving); its name, meta and number of labels."""
+    with timed(project, "train candidate") as noted:
+        bb, serving = rt.backbone_for(project), rt.serving_model(project)
+        vectors, errors = rt.embed(project, {t: pool.urls[t] for t in pool.labels}, backbone=bb)
+        for task, err in errors.items():
+            log.warning("project %s task %s left out of training: %s", project, task, err)
+        tasks = [t for t in pool.labels if t in vectors]
+        if not tasks:
+            raise RuntimeError(
+                f"project {project}: no labelled image could be loaded (see the warnings above; "
+                "IMAGE_HOSTS allows other hosts, LABEL_STUDIO_API_KEY reaches Label Studio's)")
+        candidate = train_candidate(
+            np.stack([vectors[t] for t in tasks]), [pool.labels[t] for t in tasks], tasks,
+            list(config.classes), marks=[pool.data[t].get(rt.settings.split_field) for t in tasks],
+            fingerprint=bb.fingerprint, serving=serving, config=rt.settings.train_config(),
+            serving_x=_serving_x(rt, project, serving, bb, {t: pool.urls[t] for t in tasks}),
+        )
+        meta = candidate.meta | {
+            "project": project,
+            "labels_digest": digest,
+            **rt.backbone_meta(bb),
+            "skipped": dict(pool.skipped) | ({"image errors": len(errors)} if errors else {}),
+        }
+        name = rt.versions(project).save(candidate.head, meta, candidate.tasks)
+        noted |= {"version": name, "labels": len(tasks),
+                  "promoted": meta["promotion"]["promoted"]}
+    return name, meta, len(tasks)
+
+
+def _serving_x(rt: Runtime, project: int, serving, bb, urls: dict[int, str]) -> np.ndarray | None:
+    """The serving version's own embeddings of `urls` when it was trained on another backbone
+    than the candidate's `bb` (fine-tuning), so each is judged on its own; None otherwise."""
+    if serving is None or serving.meta.get("backbone_fingerprint") == bb.fingerprint:
+        return None
+    old = rt.backbone_of(serving.meta)
+    if old.fingerprint != serving.meta.get("backbone_fingerprint"):
+        return None  # its backbone is configured no more: it cannot be judged
+    vectors, _ = rt.embed(project, urls, backbone=old)
+    return np.stack([vectors[t] for t in urls]) if all(t in vectors for t in urls) else None
+
+
+def maybe_finetune(rt: Runtime, project: int, ctx: StepContext, n_labels: int) -> None:
+    """Queue a backbone fine-tune every FINETUNE_EVERY labels (0: never); only from a worker's
+    job other than a fine-tune."""
+    every = rt.settings.finetune_every
+    if not every or ctx.redis is None or ctx.kind == "finetune":
+        return
+    state = ProjectQueue(ctx.redis, project)
+    if n_labels - state.finetuned_at() >= every:
+        state.set_finetuned_at(n_labels)
+        ctx.enqueue_followup("finetune", project, f"{n_labels} labels")
+
+
+def publish_order(rt: Runtime, project: int, pool: Pool, config: LabelConfig,
+                  name: str) -> dict:
+    """Make room (old versions beyond KEEP_VERSIONS), then push version `name`'s order."""
+    made_room = make_room(rt, project, name)
+    queue = push_order(rt, project, pool, config, rt.versions(project).load(name))
+    queue["made_room"] = made_room
+    return queue
+
+
+def push_order(rt: Runtime, project: int, pool: Pool, config: LabelConfig,
+               model: ModelVersion | None, *, replace: bool = False,
+               strategy: str | None = None, k: int | None = None) -> dict:
+    """Rank the unlabelled tasks with `model` and push one prediction each (what a retrain and
+    a rollback do before switching the queue); a summary for the job history."""
+    with timed(project, "publish order") as noted:
+        start = time.perf_counter()
+        plan = plan_order(rt, project, pool, config, model,
+                          strategy=strategy or rt.settings.strategy,
+                          k=k or rt.settings.queue_batch)
+        pushed = publish.push(rt, project, plan, replace=replace)
+        noted |= {"version": plan.version, "predictions": pushed, "strategy": plan.strategy}
+    return {"pushed": pushed, "strategy": plan.strategy, "image_errors": len(plan.errors),
+            "order_seconds": round(time.perf_counter() - start, 3)}
+
+
+def switch_to(rt: Runtime, project: int, name: str, ctx: StepContext) -> dict:
+    """Serve version `name` (the pointer /setup reads), make Label Studio's queue follow its
+    order, and delete old versions for one slice."""
+    with timed(project, f"switch to {name}") as noted:
+        rt.versions(project).promote(name)
+        out = publish.switch(rt, project, name, interrupted=ctx.should_stop)
+        noted |= {"old versions deleted": len(out["deleted_versions"])}
+    return out
+
+
+def continue_pruning(project: int, ctx: StepContext, queue: dict) -> None:
+    """Queue a `prune` job when old versions are left to delete (only from a worker)."""
+    if queue.get("prune_pending"):
+        ctx.enqueue_followup("prune", project, "old versions left")
+
+
+def prune(rt: Runtime, project: int, ctx: StepContext = StepContext()) -> dict:
+    """Delete old prediction versions for one slice (PRUNE_SLICE_SECONDS), then queue another
+    slice while any is left, so retrains queued meanwhile go first."""
+    with timed(project, "prune") as noted:
+        stored = rt.labelstudio.model_versions(project)
+        deleted, pending = prune_versions(rt, project, rt.serving_version(project), stored,
+                                          interrupted=ctx.should_stop)
+        noted |= {"deleted": len(deleted), "more left": pending}
+    result = {"deleted_versions": deleted, "prune_pending": pending}
+    continue_pruning(project, ctx, result)
+    return result
+
+
+def prioritize(rt: Runtime, project: int, ctx: StepContext = StepContext()) -> dict:
+    """New tasks get a priority under the serving version, so they are not starved."""
+    config, pool = read_pool(rt, project, ctx)
+    model = rt.serving_model(project)
+    version = model.name if model else UNTRAINED
+    if model is None and version not in rt.labelstudio.model_versions(project):
+        return {"pushed": 0, "version": version}  # neither a model nor a seeded order yet
+    lacking = rt.labelstudio.tasks_lacking(project, version)
+    missing = [t for t in pool.unlabeled if t in lacking]
+    if not missing:
+        return {"pushed": 0, "version": version}
+    with timed(project, "prioritize new tasks") as noted:
+        plan = plan_order(rt, project, pool, config, model,
+                          strategy=rt.settings.strategy, k=rt.settings.queue_batch)
+        wanted = set(missing)
+        plan.predictions = [p for p in plan.predictions if p["task"] in wanted]
+        pushed = publish.push(rt, project, plan)
+        noted |= {"version": version, "predictions": pushed}
+    return {"pushed": pushed, "version": version, "strategy": plan.strategy}
+
+
+def rollback(rt: Runtime, project: int, name: str, ctx: StepContext = StepContext()) -> dict:
+    """Serve version `name` again and make Label Studio's queue follow it; the versions
+    themselves are never changed or deleted.
+
+    As after a retrain: its predictions for every unlabelled task first (replacing any it had,
+    which may be stale), then the pointer /setup reads, then the switch and the backend's title.
+    """
+    store = rt.versions(project)
+    before = store.serving()
+    model = store.load(name)  # refuses unknown names and unreadable heads before anything changes
+    config, pool = read_pool(rt, project, ctx)
+    queue = push_order(rt, project, pool, config, model, replace=True)
+    store.promote(name)
+    store.update_meta(name, rolled_back_at=time.time(), rolled_back_from=before)
+    queue |= publish.switch(rt, project, name, interrupted=ctx.should_stop)
+    log.info("project %s: rolled back from %s to %s", project, before, name)
+    return {"project": project, "serving": name, "was": before, "pushed": queue["pushed"]}
