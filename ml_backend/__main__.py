@@ -20,6 +20,14 @@ from ml_backend.settings import COLD_START_METHODS
 CHATTY_LOGGERS = ("httpx", "httpcore", "urllib3", "label_studio_sdk")
 
 
+def _runtime():
+    """A command's runtime (a worker keeps its own, warm between jobs: `jobs.runtime`)."""
+    from ml_backend.runtime import Runtime
+    from ml_backend.settings import get_settings
+
+    return Runtime(get_settings())
+
+
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
@@ -71,12 +79,11 @@ def _reconcile(args: argparse.Namespace) -> None:
     from redis import Redis
 
     from ml_backend import reconcile
-    from ml_backend.jobs import runtime
     from ml_backend.queueing import enqueuer
     from ml_backend.steps import StepContext
     from model.versions import projects
 
-    rt = runtime()
+    rt = _runtime()
     ids = [args.project] if args.project else projects(rt.settings.model_dir)
     if not ids:
         print(f"No project known under {rt.settings.model_dir}; pass --project ID.")
@@ -92,10 +99,9 @@ def _reconcile(args: argparse.Namespace) -> None:
 
 
 def _seed(args: argparse.Namespace) -> None:
-    from ml_backend.jobs import runtime
     from ml_backend.seeding import seed
 
-    rt = runtime()
+    rt = _runtime()
     if args.dry_run:
         out = seed(rt, args.project, args.size, args.method, dry_run=True)
     else:
@@ -144,10 +150,9 @@ def project_lock(settings, project: int, what: str) -> Iterator[None]:
 
 
 def _rollback(args: argparse.Namespace) -> None:
-    from ml_backend.jobs import runtime
     from ml_backend.steps import rollback
 
-    rt = runtime()
+    rt = _runtime()
     with project_lock(rt.settings, args.project, "rollback"):
         out = rollback(rt, args.project, args.version)
     print(f"project {out['project']}: {out['serving']} serves now (was {out['was']}); "
@@ -155,38 +160,34 @@ def _rollback(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from ml_backend.jobs import runtime
     from ml_backend.model_commands import export
 
-    out = export(runtime(), args.project, args.out, args.version)
+    out = export(_runtime(), args.project, args.out, args.version)
     print(f"exported project {out['project']} {out['version']} ({', '.join(out['classes'])}) "
           f"to {out['out']}")
 
 
 def _import(args: argparse.Namespace) -> None:
-    from ml_backend.jobs import runtime
     from ml_backend.model_commands import import_model
 
-    out = import_model(runtime(), args.project, args.file, args.labels, args.backbone)
+    out = import_model(_runtime(), args.project, args.file, args.labels, args.backbone)
     print(f"project {out['project']}: imported as {out['version']} ({out['backbone']}; "
           f"{', '.join(out['classes'])}), serving it")
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from ml_backend.jobs import runtime
     from ml_backend.model_commands import predict_folder
 
-    out = predict_folder(runtime(), args.project, args.dir, args.out, args.version)
+    out = predict_folder(_runtime(), args.project, args.dir, args.out, args.version)
     print(f"{out['version']}: wrote {out['predicted']} predictions to {out['out']}"
           + (f" ({out['skipped']} unreadable files skipped)" if out["skipped"] else ""))
 
 
 def _finetune(args: argparse.Namespace) -> None:
     from ml_backend.finetuning import finetune
-    from ml_backend.jobs import runtime
     from model.finetune import FinetuneConfig
 
-    rt = runtime()
+    rt = _runtime()
     s = rt.settings
     config = FinetuneConfig(epochs=args.epochs or s.finetune_epochs,
                             loss=args.loss or s.finetune_loss,

@@ -28,11 +28,14 @@ def app_client(settings: Settings, runtime, **overrides) -> TestClient:
 
 def every_route(client: TestClient) -> list[tuple[str, str]]:
     """(method, path) of every route the app serves, the schema included."""
-    routes = []
-    for route in client.app.routes:
+    routes, pending = [], list(client.app.routes)
+    while pending:
+        route = pending.pop(0)
         if isinstance(route, APIRoute):
             path = route.path.replace("{project}", "1")
             routes += [(m, path) for m in sorted(route.methods)]
+        elif hasattr(route, "original_router"):  # a router included (FastAPI >= 0.165)
+            pending += route.original_router.routes
     assert ("GET", "/openapi.json") in routes and ("POST", "/webhook") in routes
     return routes
 
