@@ -146,7 +146,9 @@ class Settings(BaseSettings):
     finetune_sampler: Literal["pk", "plain"] = Field(
         "pk", description="Fine-tuning batches: pk (P classes x K images) or plain (shuffled)."
     )
-    log_level: str = Field("INFO", description="Python logging level.")
+    log_level: str = Field(
+        "INFO", description="Python logging level (DEBUG adds every HTTP request to Label Studio)."
+    )
 
     @field_validator("image_hosts", mode="before")
     @classmethod

@@ -93,3 +93,27 @@ def test_a_failed_retrain_is_recorded_and_releases_the_lock(settings, worker_run
     entry = ProjectQueue(redis, 1).history()[0]
     assert entry["status"] == "failed" and "UnsupportedConfig" in entry["error"]
     assert not ProjectQueue(redis, 1).state()["running"]
+
+
+def test_a_retrain_logs_one_timed_line_per_step(runtime, caplog):
+    caplog.set_level("INFO", logger="ml_backend")
+    retrain(runtime, 1)
+    steps = [r.getMessage() for r in caplog.records if r.name == "ml_backend.steps"]
+    for step in ("read pool", "train candidate", "publish order", "switch to v1"):
+        assert any(m.startswith(f"project 1: {step} in ") and " s" in m for m in steps), steps
+
+
+def test_http_libraries_log_requests_only_at_debug():
+    import logging
+
+    from ml_backend.__main__ import CHATTY_LOGGERS, setup_logging
+
+    try:
+        setup_logging("INFO")
+        assert all(logging.getLogger(n).getEffectiveLevel() == logging.WARNING
+                   for n in CHATTY_LOGGERS)
+        setup_logging("DEBUG")
+        assert logging.getLogger("httpx").getEffectiveLevel() == logging.DEBUG
+    finally:
+        for name in CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET)
