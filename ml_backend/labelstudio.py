@@ -18,6 +18,7 @@ from urllib.parse import urljoin, urlparse
 
 import httpx
 from label_studio_sdk import LabelStudio
+from label_studio_sdk.core.api_error import ApiError
 
 from ml_backend.settings import Settings
 
@@ -106,8 +107,13 @@ class LabelStudioClient:
 
     # -- projects and tasks -------------------------------------------------------------
     def project(self, project: int):
-        """The project as Label Studio describes it (`label_config`, `task_number`, ...)."""
-        return self.sdk.projects.get(id=project)
+        """The project as Label Studio describes it (`label_config`, `task_number`, ...); the
+        first request of every job, so a wrong key or project id is said here."""
+        try:
+            return self.sdk.projects.get(id=project)
+        except ApiError as exc:
+            raise LabelStudioError("GET", f"/api/projects/{project}/", exc.status_code or 0,
+                                   str(exc.body)) from None
 
     def label_config(self, project: int) -> str:
         return self.project(project).label_config or ""

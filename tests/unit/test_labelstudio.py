@@ -238,3 +238,16 @@ def test_a_prediction_delete_that_finds_the_database_locked_is_tried_again(monke
     locked["2"] = 2  # the writer is done
     assert ls.delete_model_version(5, "v1", more=lambda: True) == 0
     assert locked == {"1": 0, "2": 0}
+
+
+def test_a_refused_key_says_which_setting_to_check():
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json={"detail": "Invalid token."})
+
+    ls = client(label_studio_api_key=LEGACY, http=mock(answer))
+    ls.sdk = LabelStudio(base_url="http://ls.test:8080", api_key=LEGACY, httpx_client=mock(answer))
+    with pytest.raises(LabelStudioError, match="LABEL_STUDIO_API_KEY") as refused:
+        ls.project(5)
+    assert refused.value.status_code == 401
+    with pytest.raises(LabelStudioError, match="model-versions/ answered 401"):
+        ls.model_versions(5)
