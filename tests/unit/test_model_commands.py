@@ -185,3 +185,20 @@ def test_finetune_job_trains_a_version_on_a_new_backbone(settings, fake_ls, monk
 def test_finetune_needs_known_images(runtime):
     with pytest.raises(ValueError, match="too few labelled tasks"):
         finetune_backbone(runtime, 1, FinetuneConfig(epochs=1))
+
+
+def test_a_command_waits_for_the_running_job_of_its_project(trained, cli_env, settings, capsys,
+                                                            monkeypatch):
+    """rollback, seed and finetune take the lock a worker's jobs take: none of them switches a
+    project's order while a retrain of it runs."""
+    redis = Redis.from_url(settings.redis_url)
+    monkeypatch.setenv("RETRAIN_LOCK_WAIT", "1")
+    get_settings.cache_clear()
+    held = redis.lock(ProjectQueue(redis, 1).lock_key, timeout=60)
+    assert held.acquire(blocking=False)
+    try:
+        assert main(["rollback", "--project", "1", "v1"]) == 2
+        assert "another job held the lock longer than 1 s" in capsys.readouterr().err
+    finally:
+        held.release()
+    assert trained.versions(1).meta("v1").get("rolled_back_at") is None  # nothing changed
