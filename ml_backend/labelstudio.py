@@ -37,6 +37,19 @@ class ImageFetchError(RuntimeError):
     """An image URL is refused, unreachable or too large; the message says which."""
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origins(entry: str) -> set[tuple[str, str, int]]:
+    """The (scheme, host, port) triples an allow-list entry admits: `https://host:8443` exactly
+    that one, a bare `host[:port]` both schemes on that port or on each scheme's default port.
+    A port is never implied by a bare hostname: `ls.test` does not admit `ls.test:6379`."""
+    given = urlparse(entry if "://" in entry else f"//{entry}")
+    schemes = [given.scheme] if given.scheme else list(DEFAULT_PORTS)
+    host = (given.hostname or "").lower()
+    return {(s, host, given.port or DEFAULT_PORTS.get(s, 0)) for s in schemes}
+
+
 class LabelStudioClient:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -47,7 +60,8 @@ class LabelStudioClient:
             timeout=60,
         )
         self._http = httpx.Client(timeout=settings.image_timeout, follow_redirects=False)
-        self._allowed_hosts = {urlparse(self.url).netloc.lower(), *settings.image_hosts}
+        self._allowed_origins = {*origins(self.url), *(o for h in settings.image_hosts
+                                                       for o in origins(h))}
         # project -> (token, monotonic time listed, [{"id", "data"}]): see `labelling_tasks`.
         self._listings: dict[int, tuple[Hashable, float, list[dict]]] = {}
         # (project, version) -> ids of its predictions still to delete: see delete_model_version.
@@ -313,10 +327,13 @@ class LabelStudioClient:
         parsed = urlparse(absolute)
         if parsed.scheme not in ("http", "https"):
             raise ImageFetchError(f"unsupported image URL scheme {parsed.scheme!r}: {url}")
-        host = parsed.netloc.lower()
-        if host not in self._allowed_hosts and parsed.hostname not in self._allowed_hosts:
+        try:
+            port = parsed.port or DEFAULT_PORTS[parsed.scheme]
+        except ValueError:
+            raise ImageFetchError(f"image URL has an invalid port: {url}") from None
+        if (parsed.scheme, parsed.hostname or "", port) not in self._allowed_origins:
             raise ImageFetchError(
-                f"image host {parsed.hostname!r} is not allowed; add it to IMAGE_HOSTS to fetch it"
+                f"image host {parsed.netloc!r} is not allowed; add it to IMAGE_HOSTS to fetch it"
             )
         return absolute
 
