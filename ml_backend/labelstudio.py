@@ -20,6 +20,7 @@ import httpx
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
+from ml_backend.image_hosts import origin_of, origins
 from ml_backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ class LabelStudioClient:
             timeout=60,
         )
         self._http = http or httpx.Client(timeout=settings.image_timeout, follow_redirects=False)
-        self._allowed_hosts = {urlparse(self.url).netloc.lower(), *settings.image_hosts}
+        self._allowed_origins = origins(self.url).union(*map(origins, settings.image_hosts))
         # project -> (token, monotonic time listed, [{"id", "data"}]): see `labelling_tasks`.
         self._listings: dict[int, tuple[Hashable, float, list[dict]]] = {}
         # (project, version) -> ids of its predictions still to delete: see delete_model_version.
@@ -363,10 +364,13 @@ class LabelStudioClient:
         parsed = urlparse(absolute)
         if parsed.scheme not in ("http", "https"):
             raise ImageFetchError(f"unsupported image URL scheme {parsed.scheme!r}: {url}")
-        host = parsed.netloc.lower()
-        if host not in self._allowed_hosts and parsed.hostname not in self._allowed_hosts:
+        try:
+            allowed = origin_of(absolute) in self._allowed_origins
+        except ValueError:
+            raise ImageFetchError(f"image URL has an invalid port: {url}") from None
+        if not allowed:
             raise ImageFetchError(
-                f"image host {parsed.hostname!r} is not allowed; add it to IMAGE_HOSTS to fetch it"
+                f"image host {parsed.netloc!r} is not allowed; add it to IMAGE_HOSTS to fetch it"
             )
         return absolute
 

@@ -108,9 +108,7 @@ class VersionStore:
             if tasks is not None:
                 (tmp / "tasks.json").write_text(json.dumps(tasks))
             while True:
-                names = self.names()
-                number = int(names[-1][1:]) + 1 if names else 1
-                name = f"v{number}"
+                name = f"v{self._next_number()}"
                 full = {**meta, "version": name, "head_config": head.config,
                         "created_at": time.time()}
                 (tmp / "meta.json").write_text(json.dumps(full, indent=2))
@@ -122,6 +120,12 @@ class VersionStore:
                         raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _next_number(self) -> int:
+        """One past every `v<N>` folder, finished or not: a folder without meta.json (left by a
+        crash or a full disk) keeps its name taken, so the rename below cannot keep failing."""
+        taken = [int(m.group(1)) for p in self.versions_dir.iterdir() if (m := _NAME.match(p.name))]
+        return max(taken, default=0) + 1
 
     def promote(self, name: str) -> None:
         self._check(name)

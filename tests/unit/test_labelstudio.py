@@ -55,6 +55,24 @@ def test_extra_image_hosts_can_be_allowed():
         ls.resolve("https://evil.example.com/a.png")
 
 
+@pytest.mark.parametrize("ls_url, image_hosts, allowed, refused", [
+    ("http://ls.test", "", "http://ls.test/data/upload/1/a.png", "http://ls.test:6379/"),
+    ("http://ls.test", "", "http://ls.test:80/a.png", "https://ls.test/a.png"),
+    ("https://ls.test:8443", "", "https://ls.test:8443/a.png", "https://ls.test/a.png"),
+    ("http://ls.test:8080", "cdn.example.com", "https://cdn.example.com/a.png",
+     "https://cdn.example.com:444/a.png"),
+    ("http://ls.test:8080", "cdn.example.com:9000", "http://cdn.example.com:9000/a.png",
+     "http://cdn.example.com/a.png"),
+    ("http://ls.test:8080", "https://cdn.example.com", "https://cdn.example.com/a.png",
+     "http://cdn.example.com/a.png"),
+])
+def test_allow_list_matches_scheme_host_and_port(ls_url, image_hosts, allowed, refused):
+    ls = LabelStudioClient(Settings(label_studio_url=ls_url, image_hosts=image_hosts))
+    assert ls.resolve(allowed) == allowed
+    with pytest.raises(ImageFetchError, match="not allowed"):
+        ls.resolve(refused)
+
+
 def test_both_kinds_of_api_key_are_sent_the_way_label_studio_expects():
     assert client(label_studio_api_key=LEGACY)._headers()["Authorization"] == f"Token {LEGACY}"
     assert client(label_studio_api_key=PAT).sdk._client_wrapper._tokens_client._use_legacy_token is False
