@@ -57,7 +57,7 @@ test-unit: setup
 
 # IMAGES=DIR (class subfolders, or flat with LABELS=a,b,...) labels your images instead of digits.
 demo: setup labelstudio system-deps
-	$(BIN)/python -m ml_backend demo
+	$(BIN)/python -m tools.demo
 
 serve: setup
 	$(BIN)/python -m ml_backend serve

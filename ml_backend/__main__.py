@@ -112,12 +112,6 @@ def _simulate(args: argparse.Namespace) -> None:
     print(f"Wrote results.csv, summary.json and curve.png to {args.out}")
 
 
-def _demo(args: argparse.Namespace) -> None:
-    from ml_backend.demo import run
-
-    run(host=args.host, port=args.port, ls_port=args.ls_port, data=args.data_dir)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ml_backend", description=__doc__)
     parser.add_argument("--log-level", default=None, help="overrides LOG_LEVEL")
@@ -172,15 +166,6 @@ def main(argv: list[str] | None = None) -> int:
                    "LOCAL_FILES_DOCUMENT_ROOT (default: the setting of that name); files under "
                    "it are served by Label Studio, others are uploaded")
     p.set_defaults(func=_import_images)
-
-    p = sub.add_parser("demo", help="Redis, Label Studio, the server and a worker, with a "
-                       "sample project (IMAGES=DIR for your own images)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=9090, help="the backend's port")
-    p.add_argument("--ls-port", type=int, default=8080, help="Label Studio's port")
-    p.add_argument("--data-dir", type=Path, default=Path("data/demo"),
-                   help="everything the demo keeps; a second run reuses it")
-    p.set_defaults(func=_demo)
 
     from ml_backend.model_commands import register as register_model_commands
 
