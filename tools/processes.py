@@ -24,8 +24,10 @@ def free_port() -> int:
 
 
 def port_or_free(port: int) -> int:
-    """`port` when nothing listens on it, else a free one (Label Studio would silently move)."""
+    """`port` when nothing listens on it, else a free one (Label Studio would silently move).
+    Connections of a server stopped a moment ago (TIME_WAIT) do not count, as for the servers."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
             return port
