@@ -1,8 +1,11 @@
-# syntax=docker/dockerfile:1
 # The backend's image: `serve` (default) or `worker`, the same image for both.
 #   docker build -t al-backend .                            # CPU torch (smaller, any machine)
 #   docker build -t al-backend:cuda --build-arg TORCH_VARIANT=cuda .   # GPU workers
-FROM python:3.11-slim-bookworm
+# BASE_IMAGE: any Debian-like image whose `python` and `pip` are Python 3.11, e.g. one from a
+# registry mirror, or the one tools/docker/base-image.sh builds from Debian's packages.
+# (No `# syntax=` line: BuildKit would pull its frontend image from Docker Hub.)
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
 
 # cpu: torch and torchvision from the PyTorch CPU index (no CUDA libraries: ~1 GB instead of
 #      ~5 GB), at the versions requirements.txt pins. That index publishes other files than PyPI,
@@ -52,9 +55,10 @@ VOLUME ["/data/models"]
 EXPOSE 9090
 
 # The server answers /health; compose gives workers their own check. With BASIC_AUTH_* set it
-# answers 401 to a request without them, which shows it is up just as well.
+# answers 401 to a request without them, which shows it is up just as well. PORT: the port given
+# to `serve --port`, when it is not 9090 (host networking).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.error, urllib.request\ntry:\n    code = urllib.request.urlopen('http://127.0.0.1:9090/health', timeout=4).status\nexcept urllib.error.HTTPError as exc:\n    code = exc.code\nsys.exit(code not in (200, 401))"]
+    CMD ["python", "-c", "import os, sys, urllib.error, urllib.request\nurl = 'http://127.0.0.1:%s/health' % os.environ.get('PORT', '9090')\ntry:\n    code = urllib.request.urlopen(url, timeout=4).status\nexcept urllib.error.HTTPError as exc:\n    code = exc.code\nsys.exit(code not in (200, 401))"]
 
 ENTRYPOINT ["python", "-m", "ml_backend"]
 CMD ["serve"]

@@ -6,7 +6,7 @@ LS_VERSION := 1.23.2
 BIN := $(VENV)/bin
 UV := $(BIN)/uv
 
-.PHONY: setup labelstudio system-deps browser-deps test test-unit demo serve worker lock bench clean
+.PHONY: setup labelstudio system-deps browser-deps test test-unit demo docker-check serve worker lock bench clean
 
 setup: $(VENV)/.installed
 
@@ -57,7 +57,13 @@ test-unit: setup
 
 # IMAGES=DIR (class subfolders, or flat with LABELS=a,b,...) labels your images instead of digits.
 demo: setup labelstudio system-deps
-	$(BIN)/python -m ml_backend demo
+	$(BIN)/python -m tools.demo
+
+# The image built from a local Debian base and run for real, then the compose stack's wiring
+# (README, "Docker"). Heavy: not part of `make test`. TORCH_VARIANT=cuda where the PyTorch CPU
+# index is unreachable; COMPOSE=0 for the image alone.
+docker-check: setup labelstudio system-deps
+	tools/docker/check.sh
 
 serve: setup
 	$(BIN)/python -m ml_backend serve

@@ -199,12 +199,6 @@ def _finetune(args: argparse.Namespace) -> None:
           f"{out.get('version')}: {verdict}")
 
 
-def _demo(args: argparse.Namespace) -> None:
-    from ml_backend.demo import run
-
-    run(host=args.host, port=args.port, ls_port=args.ls_port, data=args.data_dir)
-
-
 def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     from ml_backend.settings import Settings
 
@@ -309,15 +303,6 @@ def main(argv: list[str] | None = None) -> int:
                    "LOCAL_FILES_DOCUMENT_ROOT (default: the setting of that name); files under "
                    "it are served by Label Studio, others are uploaded")
     p.set_defaults(func=_import_images)
-
-    p = sub.add_parser("demo", help="Redis, Label Studio, the server and a worker, with a "
-                       "sample project (IMAGES=DIR for your own images)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=9090, help="the backend's port")
-    p.add_argument("--ls-port", type=int, default=8080, help="Label Studio's port")
-    p.add_argument("--data-dir", type=Path, default=Path("data/demo"),
-                   help="everything the demo keeps; a second run reuses it")
-    p.set_defaults(func=_demo)
 
     _add_model_commands(sub)
     args = parser.parse_args(argv)

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from ml_backend.demo import label_studio_env
+from tools.demo import label_studio_env
 
 from .procs import REPO_ROOT, ManagedProcess, free_port, health_is_up, wait_until
 

@@ -137,7 +137,9 @@ def _instruction(name: str) -> list[str]:
 
 
 def test_the_image_is_slim_non_root_with_a_health_check_and_the_cli_as_entrypoint():
-    assert _instruction("FROM")[0].startswith("python:3.11-slim")
+    # The base is a build argument (a registry mirror, or a base built from Debian's packages).
+    assert _instruction("FROM") == ["${BASE_IMAGE}"]
+    assert DOCKERFILE.index("ARG BASE_IMAGE=python:3.11-slim-bookworm") < DOCKERFILE.index("FROM")
     assert _instruction("USER") and _instruction("USER")[-1] not in ("root", "0")
     assert "/health" in _instruction("HEALTHCHECK")[0] + DOCKERFILE.split("HEALTHCHECK")[1]
     assert _instruction("ENTRYPOINT") == ['["python", "-m", "ml_backend"]']
@@ -189,3 +191,52 @@ def test_what_the_image_copies_is_enough_to_run_the_cli(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=app, env=env, capture_output=True,
                           text=True, timeout=180, check=False)
     assert done.returncode == 0 and "import-images" in done.stdout, done.stderr
+
+
+# -- .env.example and the host-network override -------------------------------------------------
+HOST_OVERRIDE = ROOT / "docker-compose.host.yml"
+
+
+def _example() -> dict[str, str]:
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+def test_env_example_names_every_variable_compose_reads_and_no_other():
+    read = set()
+    for path in (ROOT / "docker-compose.yml", HOST_OVERRIDE):
+        read |= set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", path.read_text()))
+    assert read == set(_example()), (read ^ set(_example()))
+
+
+def test_a_copied_env_example_starts_nothing_until_its_secrets_are_set(tmp_path):
+    example = _example()
+    assert all(not example[k] for k in SECRETS if k != "LABEL_STUDIO_USERNAME")
+    env_file = tmp_path / ".env"
+    env_file.write_text((ROOT / ".env.example").read_text())
+    done = subprocess.run([*_compose(), "--env-file", str(env_file), "-f",
+                           str(ROOT / "docker-compose.yml"), "config"], cwd=ROOT,
+                          env={k: v for k, v in os.environ.items() if k not in SECRETS},
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode != 0
+    assert any(k in done.stderr for k in ("LABEL_STUDIO_API_KEY", "POSTGRES_PASSWORD")), done.stderr
+
+
+def test_the_host_override_puts_every_service_on_the_host_network_with_local_images():
+    done = subprocess.run([*_compose(), "-f", str(ROOT / "docker-compose.yml"), "-f",
+                           str(HOST_OVERRIDE), "config"], cwd=ROOT,
+                          env={k: v for k, v in os.environ.items() if k not in SECRETS} | SECRETS,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    config = yaml.safe_load(done.stdout)
+    services = {n: s for n, s in config["services"].items() if not s.get("profiles")}
+    assert set(services) == SERVICES
+    assert all(s.get("network_mode") == "host" for s in services.values())
+    assert not config.get("networks")  # no bridge network, no private addresses
+    for name in ("postgres", "redis", "label-studio"):
+        assert services[name]["build"]["context"].endswith("tools/docker"), name
+        assert services[name]["image"].endswith(":local"), name
+    ports = {n: _env(s).get("PORT") for n, s in services.items()}
+    backend_port = services["backend"]["command"][-1]
+    assert ports["backend"] == ports["worker"] == backend_port  # the HEALTHCHECK's port
+    assert _env(services["worker"])["REDIS_URL"].startswith("redis://127.0.0.1:")

@@ -2,55 +2,52 @@
 
 Starts Redis (unless REDIS_URL is set), Label Studio (from .venv-ls), the backend's server and a
 worker; creates a project over a sample image set (or IMAGES=DIR), connects the backend, seeds
-the first tasks, and prints where to click. Ctrl-C stops everything. Everything lives under one
-data directory (data/demo), and a second run reuses it: same admin, same project.
+the first tasks, and prints where to click. Ctrl-C (or SIGTERM) stops everything and exits 0.
+Everything lives under one data directory (data/demo), and a second run reuses it: same admin,
+same project.
+
+    python -m tools.demo [--port 9090] [--ls-port 8080] [--data-dir data/demo]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 import secrets
-import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from ml_backend import importer
+from tools.processes import (
+    REPO,
+    Processes,
+    label_studio_env,
+    port_or_free,
+    start_redis,
+    stop_on_signals,
+)
 
-REPO = Path(__file__).resolve().parents[1]
 LS_BIN = REPO / ".venv-ls" / "bin" / "label-studio"
 ADMIN_EMAIL = "admin@example.com"
-# Label Studio serves local files under this root; its storages authorise single folders.
-DOCUMENT_ROOT = Path("/")
 SEED_SIZE = 20
 DIGITS_PER_CLASS = 50
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def port_or_free(port: int) -> int:
-    """`port` when nothing listens on it, else a free one (Label Studio would silently move)."""
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            return free_port()
-
-
 # -- the data directory ----------------------------------------------------------------------
+def document_root(data: Path) -> Path:
+    """Label Studio's LOCAL_FILES_DOCUMENT_ROOT: the demo's image folder. Anyone who can log in
+    can add a local-files storage for any folder under it and read its files, so it holds images
+    only (not Label Studio's database nor state.json). IMAGES elsewhere are uploaded instead."""
+    return data / "images"
+
+
 def load_state(data: Path) -> dict:
     """Admin credentials, secrets and projects of earlier runs (data/demo/state.json)."""
     path = data / "state.json"
@@ -134,117 +131,10 @@ def demo_weights() -> str:
         socket.setdefaulttimeout(previous)
 
 
-# -- processes -------------------------------------------------------------------------------
-@dataclass
-class Processes:
-    """Children in their own process groups, stopped together, newest first."""
-
-    logs: Path
-    running: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
-
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
-        with (self.logs / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
-        self.running.append((name, proc))
-        return proc
-
-    def check(self) -> None:
-        for name, proc in self.running:
-            if proc.poll() is not None:
-                tail = (self.logs / f"{name}.log").read_text(errors="replace").splitlines()[-15:]
-                raise RuntimeError(f"{name} exited with code {proc.returncode}; "
-                                   f"{self.logs}/{name}.log ends:\n" + "\n".join(tail))
-
-    def wait_http(self, url: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.check()
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"{url} did not answer within {timeout:.0f} s; see {self.logs}/")
-
-    def stop(self) -> None:
-        # SIGTERM, not SIGINT: children of a shell's background job ignore SIGINT.
-        for _, proc in reversed(self.running):
-            _signal_group(proc, signal.SIGTERM)
-        for _, proc in reversed(self.running):
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                _signal_group(proc, signal.SIGKILL)
-                proc.wait(timeout=5)
-            _signal_group(proc, signal.SIGKILL)  # children the leader left behind
-
-
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _stop_on_sigterm() -> None:
-    """`kill <pid>` stops the demo as cleanly as Ctrl-C does."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGHUP, interrupt)
-
-
-def start_redis(procs: Processes, data: Path) -> str:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is not installed: run `make system-deps` "
-                           "(Debian: apt-get install redis-server) or set REDIS_URL")
-    port = free_port()
-    (data / "redis").mkdir(parents=True, exist_ok=True)
-    procs.start("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir",
-                          str((data / "redis").resolve()), "--appendonly", "yes", "--save", ""],
-                dict(os.environ))
-    url = f"redis://127.0.0.1:{port}/0"
-    from redis import Redis
-
-    deadline = time.monotonic() + 20
-    while True:
-        procs.check()
-        try:
-            Redis.from_url(url).ping()
-            return url
-        except Exception:  # noqa: BLE001 - not up yet; retried until the deadline
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start; see {procs.logs}/redis.log")
-            time.sleep(0.1)
-
-
-def label_studio_env(data_dir: Path, document_root: Path) -> dict[str, str]:
-    """The environment a headless Label Studio needs to serve local files and call us."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("LABEL_STUDIO_", "DJANGO_")) and k != "VIRTUAL_ENV"}
-    env.update(
-        LABEL_STUDIO_BASE_DATA_DIR=str(data_dir),
-        LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
-        LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(document_root),
-        LABEL_STUDIO_COLLECT_ANALYTICS="false",
-        LABEL_STUDIO_LATEST_VERSION_CHECK="false",
-        # The backend runs on 127.0.0.1: without these Label Studio refuses to call it (403).
-        LABEL_STUDIO_ML_BLOCK_LOCAL_IP="false",
-        LABEL_STUDIO_SSRF_PROTECTION_ENABLED="false",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
 def start_label_studio(procs: Processes, data: Path, state: dict, port: int) -> str:
     if not os.access(LS_BIN, os.X_OK):
         raise RuntimeError(f"Label Studio is not installed at {LS_BIN}: run `make labelstudio`")
-    env = label_studio_env((data / "label-studio").resolve(), DOCUMENT_ROOT)
+    env = label_studio_env(data / "label-studio", document_root(data))
     first = not (data / "label-studio").exists()
     procs.start("label-studio", [
         str(LS_BIN), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(port),
@@ -268,7 +158,7 @@ def start_backend(procs: Processes, env: dict[str, str], host: str, port: int) -
 
 
 # -- the project -----------------------------------------------------------------------------
-def ensure_project(ls, state: dict, images: Path) -> tuple[int, bool]:
+def ensure_project(ls, state: dict, images: Path, root: Path) -> tuple[int, bool]:
     """The demo's project over `images`: remembered in the state, else created with the images
     imported. Returns (id, created)."""
     key = str(images)
@@ -278,7 +168,7 @@ def ensure_project(ls, state: dict, images: Path) -> tuple[int, bool]:
     project = ls.sdk.projects.create(title=f"{images.name} (active learning demo)",
                                      label_config=label_config(classes_of(images)))
     items = importer.read_sources([images])
-    report = importer.import_images(ls, project.id, items, document_root=DOCUMENT_ROOT)
+    report = importer.import_images(ls, project.id, items, document_root=root)
     print("\n".join(report.lines(project.id)))
     state["projects"][key] = {"id": project.id, "seeded": False}
     return project.id, True
@@ -328,7 +218,9 @@ def seed(env: dict[str, str], project: int, size: int) -> bool:
 
 def run(host: str = "127.0.0.1", port: int = 9090, ls_port: int = 8080,
         data: Path = Path("data/demo")) -> None:
-    data = (REPO / data) if not data.is_absolute() else data
+    """Start everything and wait; an interrupt stops it all and returns (one line says so)."""
+    stop_on_signals()
+    data = (REPO / data).resolve()  # REPO / an absolute path is that path
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     logs = data / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -337,10 +229,9 @@ def run(host: str = "127.0.0.1", port: int = 9090, ls_port: int = 8080,
     images = Path(os.environ["IMAGES"]).resolve() if os.environ.get("IMAGES") else None
     if images is not None and not images.is_dir():
         raise RuntimeError(f"IMAGES={images} is not a folder")
-    images = images or render_digits(data / "images" / "digits")
+    images = images or render_digits(document_root(data) / "digits")
     weights = demo_weights()
     procs = Processes(logs)
-    _stop_on_sigterm()
     try:
         redis_url = os.environ.get("REDIS_URL") or start_redis(procs, data)
         ls_url = start_label_studio(procs, data, state, port_or_free(ls_port))
@@ -351,7 +242,8 @@ def run(host: str = "127.0.0.1", port: int = 9090, ls_port: int = 8080,
         env.update(
             LABEL_STUDIO_URL=ls_url, LABEL_STUDIO_API_KEY=state["token"], REDIS_URL=redis_url,
             MODEL_DIR=str(data / "models"), WEIGHTS=weights, BACKEND_URL=backend_url,
-            LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(DOCUMENT_ROOT), PYTHONUNBUFFERED="1",
+            LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(document_root(data)),
+            PYTHONUNBUFFERED="1",
         )
         print("Starting the backend's server and worker...")
         start_backend(procs, env, host, port)
@@ -362,7 +254,7 @@ def run(host: str = "127.0.0.1", port: int = 9090, ls_port: int = 8080,
         settings = Settings(**{k.lower(): v for k, v in env.items()
                                if k.lower() in Settings.model_fields})
         ls = LabelStudioClient(settings)
-        project, _ = ensure_project(ls, state, images)
+        project, _ = ensure_project(ls, state, images, document_root(data))
         save_state(data, state)
         connect_backend(ls, settings, project, backend_url, state.get("backend_url"))
         state["backend_url"] = backend_url
@@ -375,10 +267,12 @@ def run(host: str = "127.0.0.1", port: int = 9090, ls_port: int = 8080,
         while True:
             procs.check()
             time.sleep(1)
+    except KeyboardInterrupt:
+        stopped = procs.stop()
+        print(f"\nDemo stopped ({', '.join(stopped) or 'nothing was running yet'}); "
+              f"its data stays in {data}.", flush=True)
     finally:
-        if procs.running:
-            print("\nStopping...", flush=True)
-        procs.stop()
+        procs.stop()  # after an error too: nothing is left running
 
 
 def _print_ready(ls_url: str, backend_url: str, state: dict, project: int, data: Path,
@@ -394,7 +288,35 @@ backend retrains in the background (seconds) and reorders the queue: the next im
 the model is least sure about, with its guess already selected.
 
 More images: LABEL_STUDIO_URL={ls_url} LABEL_STUDIO_API_KEY={state['token']} \\
-  LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={DOCUMENT_ROOT} \\
+  LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={document_root(data)} \\
   .venv/bin/python -m ml_backend import-images --project {project} DIR [--labels]
 State and credentials: {data}/state.json   Logs: {data}/logs/
 Press Ctrl-C to stop.""", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Errors end in one line on stderr and exit 2; an interrupt is the normal way out: exit 0."""
+    parser = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9090, help="the backend's port")
+    parser.add_argument("--ls-port", type=int, default=8080, help="Label Studio's port")
+    parser.add_argument("--data-dir", type=Path, default=Path("data/demo"),
+                        help="everything the demo keeps; a second run reuses it")
+    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run(host=args.host, port=args.port, ls_port=args.ls_port, data=args.data_dir)
+    except KeyboardInterrupt:  # a second interrupt, or one before run() took over
+        print("\nDemo stopped.", flush=True)
+    except Exception as exc:  # one line for the user; the log has the rest at DEBUG
+        logging.getLogger(__name__).debug("demo failed", exc_info=True)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
