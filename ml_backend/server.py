@@ -18,13 +18,13 @@ from prometheus_client import generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from redis import Redis
 from redis.exceptions import RedisError
-from rq import Queue
 
 from ml_backend import jobs, status_page
 from ml_backend.label_config import UnsupportedConfig, parse_label_config
 from ml_backend.runtime import Runtime
 from ml_backend.security import BodyLimit, authorizer
 from ml_backend.settings import Settings
+from ml_backend.status import project_status as status_of
 from model.versions import UNTRAINED, projects
 
 log = logging.getLogger(__name__)
@@ -223,40 +223,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         return {"versions": names or [UNTRAINED], "model_version": names[-1] if names else UNTRAINED}
 
     def project_status(project: int) -> dict:
-        store = rt.versions(project)
-        serving = store.serving()
-        versions = []
-        for name in store.names():
-            meta = store.meta(name)
-            versions.append({
-                "version": name,
-                "serving": name == serving,
-                "n_labels": meta.get("n_labels"),
-                "metrics": meta.get("metrics"),
-                "promotion": meta.get("promotion"),
-                "created_at": meta.get("created_at"),
-                "train_seconds": meta.get("train_seconds"),
-                "skipped": meta.get("skipped"),
-            })
-        try:
-            conn = redis()
-            queue_state = {
-                "retrain_pending": bool(conn.exists(jobs.pending_key(project))),
-                "deleting_old_versions": bool(conn.exists(jobs.pending_key(project, "prune"))),
-                "running": bool(conn.exists(jobs.lock_key(project))),
-                "queued_jobs": Queue(settings.queue_name, connection=conn).count,
-            }
-            history = jobs.job_history(conn, project)
-        except RedisError as exc:
-            queue_state, history = {"error": f"redis unavailable: {exc}"}, []
-        return {
-            "project": project,
-            "serving_version": serving,
-            "versions": versions,
-            "labels": versions[-1]["n_labels"] if versions else 0,
-            "queue": queue_state,
-            "jobs": history,
-        }
+        return status_of(rt, redis, project)
 
     @app.get("/status/{project}")
     def status(project: ProjectPath) -> dict:
