@@ -17,7 +17,7 @@ from ml_backend.__main__ import main
 from ml_backend.model_commands import export
 from ml_backend.runtime import Runtime
 from ml_backend.settings import get_settings
-from model.export import onnx_probabilities
+from model.export import check_export, onnx_probabilities
 from model.head import predict_proba
 from tests.images import png_bytes
 
@@ -112,3 +112,13 @@ def test_the_onnx_file_names_its_classes_in_its_metadata(runtime, tmp_path):
     meta = session.get_modelmeta().custom_metadata_map
     assert json.loads(meta["classes"]) == ["red", "green", "blue"] and meta["version"] == "v1"
     assert json.loads(meta["preprocessing"])["center_crop"] == 224
+
+
+def test_the_export_check_catches_a_model_that_answers_otherwise(runtime, fake_ls, tmp_path):
+    jobs._retrain(runtime, 1)
+    export(runtime, 1, tmp_path / "e", formats=("onnx",))
+    fake_ls.task_list[-1]["annotations"] = [fake_ls.annotation("red", 99)]  # a wrong label
+    jobs._retrain(runtime, 1)
+    other = runtime.versions(1).load("v2")
+    with pytest.raises(ValueError, match="model.onnx differs from the backend's model"):
+        check_export(tmp_path / "e", runtime.backbone, other, ("onnx",))

@@ -137,11 +137,18 @@ def test_a_running_job_is_named_with_how_long_it_has_run(settings, runtime, redi
         worker.wait()
 
 
-def test_the_page_in_headless_chromium_shows_curve_per_class_table_and_confusion(app, tmp_path):
+def test_the_page_in_headless_chromium_shows_curve_per_class_table_and_confusion(
+        app, redis_url, tmp_path):
     if shutil.which("chromium") is None:
         pytest.fail("chromium is not installed: run `make system-deps`", pytrace=False)
+    conn = Redis.from_url(redis_url)
+    conn.set(jobs.pending_key(1), "ANNOTATION_CREATED")
+    jobs._record(conn, 1, {"kind": "retrain", "status": "failed", "reason": "START_TRAINING",
+                           "started_at": time.time() - 60, "seconds": 1.5,
+                           "error": "RuntimeError: project 1: no labelled image could be loaded"})
     page = TestClient(app).get("/").text
     assert "table class='confusion'" in page and "<th>Precision</th>" in page
+    assert "a retrain is queued (ANNOTATION_CREATED)" in page
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -164,6 +171,7 @@ def test_the_page_in_headless_chromium_shows_curve_per_class_table_and_confusion
         assert colour_pixels(png, (0xD6, 0x27, 0x28)) > 20  # the serving version's red ring
         # The interval band: the curve's blue at 12% over white.
         assert colour_pixels(png, (226, 236, 244), tol=12) > 500
+        assert colour_pixels(png, (0xFD, 0xE2, 0xE2), tol=6) > 500  # the failed job's row
     finally:
         server.should_exit = True
         thread.join(10)
