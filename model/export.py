@@ -103,14 +103,21 @@ def export_onnx(backbone: Backbone, version: ModelVersion, path: Path) -> dict:
 
     module = _classifier(backbone, version)
     x = torch.zeros(1, 3, backbone.input_size, backbone.input_size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.onnx.export(
-            module, (x,), str(path), dynamo=False, opset_version=ONNX_OPSET,
-            input_names=["image"], output_names=["probabilities"],
-            dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}},
-        )
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    # Attention's fused CPU kernel has no ONNX form (vit_b_16); its plain ops do.
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(
+                module, (x,), str(path), dynamo=False, opset_version=ONNX_OPSET,
+                input_names=["image"], output_names=["probabilities"],
+                dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}},
+            )
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     info = {"format": "onnx", "onnx_opset": ONNX_OPSET, **model_info(backbone, version)}
     proto = onnx.load(str(path))
     # onnxruntime shows these as session.get_modelmeta().custom_metadata_map.
