@@ -161,10 +161,12 @@ def _rollback(args: argparse.Namespace) -> None:
 
 def _export(args: argparse.Namespace) -> None:
     from ml_backend.model_commands import export
+    from model.export import FORMATS
 
-    out = export(_runtime(), args.project, args.out, args.version)
+    formats = FORMATS if args.format == "both" else (args.format,)
+    out = export(_runtime(), args.project, args.out, args.version, formats)
     print(f"exported project {out['project']} {out['version']} ({', '.join(out['classes'])}) "
-          f"to {out['out']}")
+          f"to {out['out']}: {', '.join(out['files'])}")
 
 
 def _import(args: argparse.Namespace) -> None:
@@ -207,10 +209,13 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("version", help="version to serve, e.g. v3")
     p.set_defaults(func=_rollback)
 
-    p = sub.add_parser("export", help="write a version as a self-contained TorchScript model")
+    p = sub.add_parser("export", help="write a version as a self-contained model (ONNX and "
+                       "TorchScript)")
     p.add_argument("--project", type=int, required=True)
     p.add_argument("--out", type=Path, required=True, help="new (or empty) folder to write")
     p.add_argument("--version", help="version to export (default: the serving one)")
+    p.add_argument("--format", choices=("onnx", "torchscript", "both"), default="both",
+                   help="model file(s) to write: model.onnx, model.pt or both (default)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("import-model", help="start a project from your own trained classifier")

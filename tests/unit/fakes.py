@@ -54,7 +54,11 @@ class FakeLabelStudio:
     def project(self, project: int) -> SimpleNamespace:
         if self.down:
             raise ConnectionError("[Errno 111] Connection refused")
-        return SimpleNamespace(label_config=self.config, task_number=len(self.task_list))
+        # Like Label Studio: tasks with an annotation that is not skipped.
+        labelled = sum(any(not a.get("was_cancelled") for a in t["annotations"])
+                       for t in self.task_list)
+        return SimpleNamespace(label_config=self.config, task_number=len(self.task_list),
+                               num_tasks_with_annotations=labelled)
 
     def label_config(self, project: int) -> str:
         return self.project(project).label_config

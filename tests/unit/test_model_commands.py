@@ -45,7 +45,7 @@ def test_export_is_self_contained_and_answers_like_the_live_path(trained, tmp_pa
     assert out["version"] == "v1"
     folder = tmp_path / "export"
     assert sorted(p.name for p in folder.iterdir()) == [
-        "README.md", "labels.json", "metrics.json", "model.pt"]
+        "README.md", "labels.json", "metrics.json", "model.json", "model.onnx", "model.pt"]
     assert json.loads((folder / "labels.json").read_text()) == ["red", "green", "blue"]
     assert json.loads((folder / "metrics.json").read_text())["metrics"]["n"] > 0
     readme = (folder / "README.md").read_text()

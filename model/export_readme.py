@@ -1,0 +1,128 @@
+"""The README written beside an exported model: what the files are and how to load each format.
+
+The ONNX snippet needs only onnxruntime, numpy and Pillow (what a camera-trap pipeline or an
+edge device has), so its preprocessing is written out with Pillow instead of torchvision; it
+reproduces torchvision's resize and centre crop exactly (tests run it).
+"""
+
+from __future__ import annotations
+
+HEAD = """# {title}
+
+A self-contained image classifier exported by the active-learning backend
+(project {project}, version {version}, backbone {backbone}).
+
+Input: a float32 tensor `[n, 3, {crop}, {crop}]` of preprocessed RGB images (below); output:
+`[n, {n_classes}]` class probabilities (each row sums to 1), columns in the order of
+`labels.json`. This is what the backend's `/predict` serves{ensemble_note}.
+
+Files:
+
+{files}
+- `labels.json`: class names, in output order.
+- `model.json`: the same description, machine-readable (classes, version, preprocessing).
+- `metrics.json`: how this version did on its held-out tasks when it was trained.
+
+## Preprocessing
+
+Exactly what the backbone's weights expect (torchvision's `{backbone}` transforms):
+
+1. decode to RGB;
+2. resize so the shorter side is {resize} pixels ({interpolation} interpolation, antialiased);
+3. crop the central {crop} x {crop} square;
+4. scale to float32 in [0, 1] (divide by 255), channels first;
+5. normalise each channel: subtract mean {mean}, divide by std {std}.
+"""
+
+FILES = {
+    "onnx": "- `model.onnx`: ONNX (opset {opset}), input `image`, output `probabilities`; any "
+            "batch size.",
+    "torchscript": "- `model.pt`: TorchScript module (backbone + head + softmax). TorchScript is "
+                   "deprecated in recent torch releases; prefer `model.onnx` for new pipelines.",
+}
+
+ONNX = """
+## Loading the ONNX model (onnxruntime, numpy and Pillow only)
+
+```python
+import json
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+RESIZE, CROP = {resize}, {crop}
+MEAN = np.array({mean}, dtype=np.float32)
+STD = np.array({std}, dtype=np.float32)
+
+
+def preprocess(path):
+    img = Image.open(path).convert("RGB")
+    w, h = img.size
+    size = (RESIZE, int(RESIZE * h / w)) if w <= h else (int(RESIZE * w / h), RESIZE)
+    img = img.resize(size, Image.Resampling.{pil_enum})
+    left, top = round((img.width - CROP) / 2), round((img.height - CROP) / 2)
+    img = img.crop((left, top, left + CROP, top + CROP))
+    x = (np.asarray(img, dtype=np.float32) / 255.0 - MEAN) / STD
+    return x.transpose(2, 0, 1)[None]  # [1, 3, CROP, CROP]
+
+
+session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
+labels = json.load(open("labels.json"))
+probs = session.run(["probabilities"], {{"image": preprocess("photo.jpg")}})[0][0]
+print(labels[int(probs.argmax())], float(probs.max()))
+```
+
+Stack several preprocessed images along the first axis to classify them in one call.
+"""
+
+TORCHSCRIPT = """
+## Loading the TorchScript model (torch)
+
+```python
+import json
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+model = torch.jit.load("model.pt").eval()
+labels = json.load(open("labels.json"))
+preprocess = v2.Compose([
+    v2.ToImage(),
+    v2.Resize({resize}, interpolation=v2.InterpolationMode.{interp_enum}, antialias=True),
+    v2.CenterCrop({crop}),
+    v2.ToDtype(torch.float32, scale=True),
+    v2.Normalize(mean={mean}, std={std}),
+])
+x = preprocess(Image.open("photo.jpg").convert("RGB")).unsqueeze(0)
+with torch.no_grad():
+    probs = model(x)[0]
+print(labels[int(probs.argmax())], float(probs.max()))
+```
+
+Only `torch` is needed to run `model.pt`; the snippet uses torchvision and Pillow for
+preprocessing. `python -m ml_backend import-model --project ID model.pt` makes this file a
+version of a project again.
+"""
+
+
+def readme(info: dict, formats: tuple[str, ...]) -> str:
+    """README.md for an export holding `formats` of the model `info` describes."""
+    p = info["preprocessing"]
+    members = (info.get("head_config") or {}).get("members")
+    fields = dict(
+        title=f"Image classifier: {', '.join(info['classes'])}",
+        project=info.get("project"), version=info["version"], backbone=info["backbone"],
+        crop=p["center_crop"], resize=p["resize_shorter_side"], n_classes=len(info["classes"]),
+        interpolation=p["interpolation"], interp_enum=p["interpolation"].upper(),
+        pil_enum=p["interpolation"].upper(), mean=p["mean"], std=p["std"],
+        opset=info.get("onnx_opset"),
+        ensemble_note=(f": the mean of its {members} ensemble members' probabilities"
+                       if members else ""),
+    )
+    files = "\n".join(FILES[f].format(**fields) for f in formats)
+    text = HEAD.format(files=files, **fields)
+    if "onnx" in formats:
+        text += ONNX.format(**fields)
+    if "torchscript" in formats:
+        text += TORCHSCRIPT.format(**fields)
+    return text
