@@ -6,17 +6,20 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from sampling import STRATEGIES, Ranking, rank
+from sampling import STOCHASTIC_STRATEGIES, STRATEGIES, Ranking, rank
 from sampling.strategies import AUTO_COLD_START_LABELS_PER_CLASS, AUTO_LARGE_BATCH, resolve_auto
 from tests.sampling.helpers import assert_valid_ranking, pools
 
 CONCRETE = [s for s in STRATEGIES if s != "auto"]
-NEEDS_EMBEDDINGS = {"kcenter", "typiclust", "kmeans", "badge", "cluster_margin"}
-NEEDS_PROBS = {"least_confidence", "margin", "entropy", "bald", "badge", "cluster_margin"}
+NEEDS_EMBEDDINGS = {"kcenter", "typiclust", "kmeans", "badge", "cluster_margin", "probcover",
+                    "maxherding", "uherding", "dropquery"}
+NEEDS_PROBS = {"least_confidence", "margin", "entropy", "bald", "badge", "cluster_margin",
+               "dropquery"}
 
 
 def inputs_for(name, pool):
-    probs = pool["probs_t"] if name in ("bald", "auto") else pool["probs_t"].mean(axis=2)
+    stochastic = name in STOCHASTIC_STRATEGIES or name == "auto"
+    probs = pool["probs_t"] if stochastic else pool["probs_t"].mean(axis=2)
     return {"labeled": pool["labeled"], "probs": probs, "embeddings": pool["embeddings"]}
 
 
@@ -58,7 +61,7 @@ def test_k_larger_than_pool_and_empty_pools(name):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((6, 3))
     pt = rng.dirichlet(np.ones(3), size=(6, 2)).transpose(0, 2, 1)
-    probs = pt if name == "bald" else pt.mean(axis=2)
+    probs = pt if name in STOCHASTIC_STRATEGIES else pt.mean(axis=2)
     labeled = np.array([True, False, True, False, False, False])
     r = rank(name, k=100, labeled=labeled, probs=probs, embeddings=x)
     assert_valid_ranking(r, labeled)
@@ -126,7 +129,7 @@ def test_unknown_strategy_lists_the_valid_names():
 
 @pytest.mark.parametrize("name", sorted(NEEDS_EMBEDDINGS))
 def test_missing_embeddings_are_named(name):
-    p = np.full((4, 2), 0.5)
+    p = np.full((4, 2, 2), 0.5)  # stochastic passes, so only the embeddings are missing
     with pytest.raises(ValueError, match=f"strategy '{name}' needs embeddings"):
         rank(name, k=1, probs=p)
 
@@ -137,11 +140,17 @@ def test_missing_probs_are_named(name):
         rank(name, k=1, embeddings=np.zeros((4, 2)))
 
 
-def test_bald_needs_stochastic_passes():
-    with pytest.raises(ValueError, match=r"'bald' needs probs of shape \[n, c, T\]"):
-        rank("bald", k=1, probs=np.full((4, 2), 0.5))
+@pytest.mark.parametrize("name", sorted(STOCHASTIC_STRATEGIES))
+def test_stochastic_strategies_need_stochastic_passes(name):
+    x = np.zeros((4, 2))
+    with pytest.raises(ValueError, match=rf"'{name}' needs probs of shape \[n, c, T\]"):
+        rank(name, k=1, probs=np.full((4, 2), 0.5), embeddings=x)
     with pytest.raises(ValueError, match="T >= 2"):
-        rank("bald", k=1, probs=np.full((4, 2, 1), 0.5))
+        rank(name, k=1, probs=np.full((4, 2, 1), 0.5), embeddings=x)
+
+
+def test_the_stochastic_registry_names_bald_and_dropquery():
+    assert STOCHASTIC_STRATEGIES == {"bald", "dropquery"}
 
 
 def test_missing_inputs_are_reported_even_for_an_empty_pool():
