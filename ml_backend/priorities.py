@@ -23,14 +23,13 @@ from ml_backend.runtime import Runtime
 from ml_backend.security import WEBHOOK_PATH, webhook_headers
 from model.head import predict_proba
 from model.versions import UNTRAINED, ModelVersion
-from sampling import rank
+from sampling import STOCHASTIC_STRATEGIES, rank
 
 log = logging.getLogger(__name__)
 
 # Tasks whose image cannot be loaded still get a prediction (or they would be served before
 # nothing else is left), with the highest score so they come last.
 UNLOADABLE_SCORE = 1.0
-STOCHASTIC_STRATEGIES = {"bald"}
 
 
 @dataclass

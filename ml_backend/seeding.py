@@ -7,7 +7,8 @@ from ml_backend.label_config import parse_label_config
 from ml_backend.pool import build_pool
 from ml_backend.runtime import Runtime
 
-COLD_START_METHODS = ("auto", "typiclust", "kcenter", "kmeans", "random")
+COLD_START_METHODS = ("auto", "typiclust", "probcover", "maxherding", "uherding", "kcenter",
+                      "kmeans", "random")
 
 
 def seed(rt: Runtime, project: int, size: int, method: str = "auto", *, dry_run: bool = False,
