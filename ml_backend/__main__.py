@@ -126,6 +126,7 @@ def _simulate(args: argparse.Namespace) -> None:
         seed_size=args.seed_size, batch=args.batch, budget=args.budget, repeats=args.repeats,
         test_fraction=args.test_fraction,
         seed=settings.seed if args.seed is None else args.seed,
+        train=settings.train_config(), mc_passes=settings.mc_passes,
     )  # fmt: skip
     result = simulate(
         args.data, args.out, config, backbone=args.backbone or settings.backbone,

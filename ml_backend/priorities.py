@@ -19,12 +19,11 @@ from ml_backend.runtime import Runtime
 from model.classes import best_allowed
 from model.head import predict_proba
 from model.versions import UNTRAINED, ModelVersion
-from sampling import rank
+from sampling import STOCHASTIC_STRATEGIES, rank
 
 # Tasks whose image cannot be loaded still get a prediction (or they would be served before
 # nothing else is left), with the highest score so they come last.
 UNLOADABLE_SCORE = 1.0
-STOCHASTIC_STRATEGIES = {"bald"}
 
 
 @dataclass

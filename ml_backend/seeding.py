@@ -10,7 +10,6 @@ from ml_backend.runtime import Runtime
 from ml_backend.settings import COLD_START_METHODS
 
 
-
 def seed(rt: Runtime, project: int, size: int, method: str = "auto", *, dry_run: bool = False,
          progress: bool = True) -> dict:
     """Rank every task of `project` with a cold-start `method` and push the order.

@@ -18,7 +18,8 @@ if TYPE_CHECKING:  # torch comes with them: imported when a worker needs them, n
     from model.training import TrainConfig
 
 # Strategies `seed` can choose the first tasks with (before any label).
-COLD_START_METHODS = ("auto", "typiclust", "kcenter", "kmeans", "random")
+COLD_START_METHODS = ("auto", "typiclust", "probcover", "maxherding", "uherding", "kcenter",
+                      "kmeans", "random")
 
 
 class Settings(BaseSettings):
@@ -43,10 +44,13 @@ class Settings(BaseSettings):
         "", description="RQ queue for the jobs that embed images or fine-tune (retrain, "
         "prioritize, finetune), which GPU workers take; empty: every job goes to QUEUE_NAME.",
     )
-    backbone: str = Field("resnet18", description="torchvision backbone name.")
+    backbone: str = Field(
+        "efficientnet_lite0", description="Backbone: efficientnet_lite0 (ImageNet weights "
+        "installed with the package), a timm foundation model or a torchvision name (README).",
+    )
     weights: str = Field(
-        "DEFAULT",
-        description="torchvision weights name (DEFAULT, IMAGENET1K_V1, ...), a local file, or none.",
+        "DEFAULT", description="DEFAULT (the backbone's pretrained weights), a torchvision weights "
+        "name (IMAGENET1K_V1, ...), a local file (.pth, .safetensors), or none.",
     )
     device: str = Field("auto", description="Torch device for embeddings: auto, cpu, cuda, ...")
     batch_size: int = Field(32, ge=1, description="Images per forward pass.")

@@ -1,4 +1,5 @@
-"""Frozen torchvision backbones that turn images into embeddings."""
+"""Frozen backbones that turn images into embeddings: torchvision's, and timm's
+(`model.timm_backbones`: efficientnet_lite0 with packaged weights, DINOv2, CLIP, ConvNeXt-22k)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,12 @@ from torch import nn
 from torchvision import models
 from torchvision.transforms import functional as F
 
+from model import timm_backbones
+from model.timm_backbones import TIMM_BACKBONES
+
 log = logging.getLogger(__name__)
 
+# torchvision's (their weights by name from the torch cache or a download).
 BACKBONES = (
     "resnet18",
     "resnet50",
@@ -27,6 +32,7 @@ BACKBONES = (
     "convnext_tiny",
     "vit_b_16",
 )
+DEFAULT_BACKBONE = "efficientnet_lite0"  # why: the README's model table
 
 
 class WeightsUnavailable(RuntimeError):
@@ -91,8 +97,13 @@ def _load_named_weights(net: nn.Module, name: str, enum) -> None:
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state dict saved with torch.save, unwrapped from {"state_dict": ...} or {"model": ...}
-    and from DataParallel's "module." prefix; never unpickles arbitrary objects."""
+    and from DataParallel's "module." prefix, or a .safetensors file (as the Hugging Face hub
+    serves timm's weights); never unpickles arbitrary objects."""
     try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle and zip errors of many kinds
         raise WeightsUnavailable(f"{path} is not a torch state dict file ({exc})") from None
@@ -108,8 +119,14 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def _load_file_weights(net: nn.Module, name: str, path: Path) -> None:
     """Load a file into the classifier-less net: a classifier in the file (any size) is ignored."""
+    state = read_state_dict(path)
+    if name == "efficientnet_lite0":
+        try:
+            state = timm_backbones.from_efficientnet_pytorch(state, net)
+        except ValueError as exc:
+            raise WeightsUnavailable(f"{path} does not fit {name}: {exc}") from None
     try:
-        missing, _ = net.load_state_dict(read_state_dict(path), strict=False)
+        missing, _ = net.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # tensors of the wrong shape: another architecture
         first = str(exc).strip().splitlines()[-1].strip()
         raise WeightsUnavailable(f"{path} does not fit {name}: {first}") from None
@@ -216,15 +233,14 @@ class Backbone:
         return self.embed_tensors(torch.stack([self.preprocess(img) for img in images]))
 
 
-def load_backbone(name: str, weights: str = "DEFAULT", device: str = "auto") -> Backbone:
-    """Build backbone `name` with `weights` (a torchvision weights name, a local file, or none)."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+def _torchvision(name: str, weights: str) -> tuple[nn.Module, nn.Module, int, str]:
+    """(net without classifier, preprocessing, feature size, fingerprint tag)."""
     enum, path = _resolve_weights(name, weights)
     # Random weights must be the same in every process (server and workers share embeddings).
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         net = models.get_model(name, weights=None)
+    tag = "random-seed0"
     if enum is not None:
         _load_named_weights(net, name, enum)
         tag = f"{enum.__class__.__name__}.{enum.name}"
@@ -232,13 +248,51 @@ def load_backbone(name: str, weights: str = "DEFAULT", device: str = "auto") -> 
     if path is not None:
         _load_file_weights(net, name, path)
         tag = f"file-{file_digest(path)}"
-    elif enum is None:
+    transform = (enum or models.get_model_weights(name).DEFAULT).transforms()
+    return net, transform, dim, tag
+
+
+def _timm(name: str, weights: str) -> tuple[nn.Module, nn.Module, int, str]:
+    """As `_torchvision`. DEFAULT: efficientnet_lite0's packaged weights (the same embeddings and
+    fingerprint as WEIGHTS set to that file), the others' from the Hugging Face cache."""
+    spec = TIMM_BACKBONES[name]
+    key = weights.lower()
+    path = None
+    if key == "default" and name == "efficientnet_lite0":
+        path = timm_backbones.packaged_weights()
+    elif key == "default":
+        net = timm_backbones.create(name, pretrained=True)
+        tag = f"timm-{spec.arch}"
+        return net, timm_backbones.preprocessing(net, spec), net.num_features, tag
+    elif key != "none":
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise WeightsUnavailable(
+                f"weights {weights!r} for {name}: no such file; use DEFAULT, a local file "
+                f"(.pth state dict or .safetensors), or none")
+    net = timm_backbones.create(name)
+    tag = "random-seed0"
+    if path is not None:
+        _load_file_weights(net, name, path)
+        tag = f"file-{file_digest(path)}"
+    return net, timm_backbones.preprocessing(net, spec), net.num_features, tag
+
+
+def load_backbone(name: str, weights: str = "DEFAULT", device: str = "auto") -> Backbone:
+    """Build backbone `name` with `weights`: DEFAULT (its pretrained weights), a torchvision
+    weights name, a local file, or none (random initialisation, the same in every process)."""
+    if name in TIMM_BACKBONES:
+        net, transform, dim, tag = _timm(name, weights)
+    elif name in BACKBONES:
+        net, transform, dim, tag = _torchvision(name, weights)
+    else:
+        names = ", ".join([*TIMM_BACKBONES, *BACKBONES])
+        raise ValueError(f"unknown backbone {name!r}; choose one of {names}")
+    if tag == "random-seed0":
         log.warning("backbone %s uses random weights (WEIGHTS=none): embeddings are weak", name)
-        tag = "random-seed0"
     dev = pick_device(device)
     net.eval().to(dev)
     for p in net.parameters():
         p.requires_grad_(False)
-    transform = (enum or models.get_model_weights(name).DEFAULT).transforms()
     fingerprint = hashlib.sha256(f"{name}|{tag}".encode()).hexdigest()[:16]
     return Backbone(name, weights, net, transform, dim, fingerprint, dev)

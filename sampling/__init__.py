@@ -9,9 +9,11 @@ No I/O here. ``rank`` is the entry point::
 
 Modules: ``acquisition`` (uncertainty scores from probabilities), ``coreset``
 (farthest-first and BADGE seeding), ``clusters`` (k-means, typicality, round-robin),
-``strategies`` (composition, the ``auto`` rule and its evidence).
+``coverage`` (ProbCover's ball cover, MaxHerding/UHerding's kernel cover), ``inputs`` (the
+checked pool), ``strategies`` (composition, the ``auto`` rule and its evidence).
+``STOCHASTIC_STRATEGIES`` names the strategies that need ``[n, c, T]`` stochastic passes.
 """
 
-from sampling.strategies import STRATEGIES, Ranking, rank
+from sampling.strategies import STOCHASTIC_STRATEGIES, STRATEGIES, Ranking, rank
 
-__all__ = ["STRATEGIES", "Ranking", "rank"]
+__all__ = ["STOCHASTIC_STRATEGIES", "STRATEGIES", "Ranking", "rank"]

@@ -109,3 +109,13 @@ def bald(probs: np.ndarray) -> np.ndarray:
     mean_h /= t
     _entropy_rows(probs.mean(axis=2), h)
     return _finish(1.0 - (h - mean_h) / np.log(c))
+
+
+def prediction_consistency(probs: np.ndarray) -> np.ndarray:
+    """Share of ``[n, c, T]`` passes whose top class is the top class of their mean.
+
+    DropQuery's signal (Gupte et al., TMLR 2024): an example whose prediction flips when
+    features are dropped lies near a decision boundary. Low = the passes disagree.
+    """
+    top = probs.mean(axis=2).argmax(axis=1)
+    return _finish((probs.argmax(axis=1) == top[:, None]).mean(axis=1))

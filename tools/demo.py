@@ -109,26 +109,28 @@ def label_config(classes: list[str]) -> str:
 
 
 def demo_weights() -> str:
-    """WEIGHTS as set; else the backbone's ImageNet weights when cached or downloadable, and
-    `none` (with a warning) when not, so the demo also runs offline."""
+    """WEIGHTS as set; else the backbone's pretrained weights when cached or downloadable. When
+    they are not, the demo warns and switches BACKBONE (for itself and the processes it starts)
+    to efficientnet_lite0, whose ImageNet weights come installed, so it learns from real
+    features on any machine."""
     from ml_backend.settings import Settings
 
     settings = Settings()
     if "weights" in settings.model_fields_set:
         return settings.weights
-    from model.backbone import WeightsUnavailable, load_backbone
+    from model.backbone import DEFAULT_BACKBONE, WeightsUnavailable, load_backbone
 
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(30)  # a download that hangs must not hang the demo
     try:
         load_backbone(settings.backbone, "DEFAULT", "cpu")
-        return "DEFAULT"
     except WeightsUnavailable as exc:
-        print(f"warning: {exc}\nwarning: the demo runs with WEIGHTS=none (random features: the "
-              "model learns, but slowly). Set WEIGHTS to use other weights.")
-        return "none"
+        print(f"warning: {exc}\nwarning: the demo runs with BACKBONE={DEFAULT_BACKBONE} and its "
+              "installed ImageNet weights instead. Set WEIGHTS to use other weights.")
+        os.environ["BACKBONE"] = DEFAULT_BACKBONE
     finally:
         socket.setdefaulttimeout(previous)
+    return "DEFAULT"
 
 
 def start_label_studio(procs: Processes, data: Path, state: dict, port: int) -> str:

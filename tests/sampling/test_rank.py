@@ -6,17 +6,20 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from sampling import STRATEGIES, Ranking, rank
-from sampling.strategies import AUTO_COLD_START_LABELS_PER_CLASS, AUTO_LARGE_BATCH, resolve_auto
+from sampling import STOCHASTIC_STRATEGIES, STRATEGIES, Ranking, rank
+from sampling.strategies import resolve_auto
 from tests.sampling.helpers import assert_valid_ranking, pools
 
 CONCRETE = [s for s in STRATEGIES if s != "auto"]
-NEEDS_EMBEDDINGS = {"kcenter", "typiclust", "kmeans", "badge", "cluster_margin"}
-NEEDS_PROBS = {"least_confidence", "margin", "entropy", "bald", "badge", "cluster_margin"}
+NEEDS_EMBEDDINGS = {"kcenter", "typiclust", "kmeans", "badge", "cluster_margin", "probcover",
+                    "maxherding", "uherding", "dropquery"}
+NEEDS_PROBS = {"least_confidence", "margin", "entropy", "bald", "badge", "cluster_margin",
+               "dropquery"}
 
 
 def inputs_for(name, pool):
-    probs = pool["probs_t"] if name in ("bald", "auto") else pool["probs_t"].mean(axis=2)
+    stochastic = name in STOCHASTIC_STRATEGIES or name == "auto"
+    probs = pool["probs_t"] if stochastic else pool["probs_t"].mean(axis=2)
     return {"labeled": pool["labeled"], "probs": probs, "embeddings": pool["embeddings"]}
 
 
@@ -58,7 +61,7 @@ def test_k_larger_than_pool_and_empty_pools(name):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((6, 3))
     pt = rng.dirichlet(np.ones(3), size=(6, 2)).transpose(0, 2, 1)
-    probs = pt if name == "bald" else pt.mean(axis=2)
+    probs = pt if name in STOCHASTIC_STRATEGIES else pt.mean(axis=2)
     labeled = np.array([True, False, True, False, False, False])
     r = rank(name, k=100, labeled=labeled, probs=probs, embeddings=x)
     assert_valid_ranking(r, labeled)
@@ -86,22 +89,16 @@ def auto_choice(n_labeled, k, probs=True, embeddings=True, c=4):
     return resolve_auto(n_labeled, k, p, embeddings)
 
 
-def test_auto_uses_typicality_while_labels_are_few_and_margin_after():
-    threshold = AUTO_COLD_START_LABELS_PER_CLASS * 4
-    assert auto_choice(0, 10) == "typiclust"
-    assert auto_choice(threshold - 1, 10) == "typiclust"
-    assert auto_choice(threshold, 10) == "margin"
-    assert auto_choice(threshold, AUTO_LARGE_BATCH) == "cluster_margin"
-    assert auto_choice(threshold, AUTO_LARGE_BATCH - 1) == "margin"
+def test_auto_herds_with_embeddings_at_every_budget():
+    for n_labeled, k in ((0, 10), (5, 10), (500, 10), (50, 200)):
+        assert auto_choice(n_labeled, k) == "uherding"
+        assert auto_choice(n_labeled, k, probs=False) == "uherding"
 
 
-def test_auto_falls_back_when_inputs_are_missing():
+def test_auto_falls_back_when_embeddings_are_missing():
     assert auto_choice(0, 10, probs=False, embeddings=False) == "random"
-    assert auto_choice(0, 10, embeddings=False) == "random"  # cold, no geometry
-    assert auto_choice(500, 10, embeddings=False) == "margin"
-    assert auto_choice(50, 10, probs=False) == "typiclust"  # no model yet: still cold
-    assert auto_choice(600, 10, probs=False) == "kcenter"  # beyond TypiClust's cluster cap
-    assert auto_choice(500, AUTO_LARGE_BATCH, embeddings=False) == "margin"
+    assert auto_choice(0, 10, embeddings=False) == "margin"
+    assert auto_choice(500, 100, embeddings=False) == "margin"
 
 
 def test_ranking_reports_what_auto_resolved_to():
@@ -109,9 +106,13 @@ def test_ranking_reports_what_auto_resolved_to():
     labeled = np.zeros(60, dtype=bool)
     p = rng.dirichlet(np.ones(3), size=60)
     x = rng.standard_normal((60, 2))
-    assert rank("auto", k=5, labeled=labeled, probs=p, embeddings=x).strategy == "typiclust"
-    labeled[:AUTO_COLD_START_LABELS_PER_CLASS * 3] = True
+    assert rank("auto", k=5, labeled=labeled, embeddings=x).strategy == "uherding"
+    labeled[:15] = True
     r = rank("auto", k=5, labeled=labeled, probs=p, embeddings=x)
+    assert r.strategy == "uherding"
+    assert np.array_equal(r.indices, rank("uherding", k=5, labeled=labeled, probs=p,
+                                          embeddings=x).indices)
+    r = rank("auto", k=5, labeled=labeled, probs=p)
     assert r.strategy == "margin"
     assert np.array_equal(r.indices, rank("margin", k=5, labeled=labeled, probs=p).indices)
 
@@ -126,7 +127,7 @@ def test_unknown_strategy_lists_the_valid_names():
 
 @pytest.mark.parametrize("name", sorted(NEEDS_EMBEDDINGS))
 def test_missing_embeddings_are_named(name):
-    p = np.full((4, 2), 0.5)
+    p = np.full((4, 2, 2), 0.5)  # stochastic passes, so only the embeddings are missing
     with pytest.raises(ValueError, match=f"strategy '{name}' needs embeddings"):
         rank(name, k=1, probs=p)
 
@@ -137,11 +138,17 @@ def test_missing_probs_are_named(name):
         rank(name, k=1, embeddings=np.zeros((4, 2)))
 
 
-def test_bald_needs_stochastic_passes():
-    with pytest.raises(ValueError, match=r"'bald' needs probs of shape \[n, c, T\]"):
-        rank("bald", k=1, probs=np.full((4, 2), 0.5))
+@pytest.mark.parametrize("name", sorted(STOCHASTIC_STRATEGIES))
+def test_stochastic_strategies_need_stochastic_passes(name):
+    x = np.zeros((4, 2))
+    with pytest.raises(ValueError, match=rf"'{name}' needs probs of shape \[n, c, T\]"):
+        rank(name, k=1, probs=np.full((4, 2), 0.5), embeddings=x)
     with pytest.raises(ValueError, match="T >= 2"):
-        rank("bald", k=1, probs=np.full((4, 2, 1), 0.5))
+        rank(name, k=1, probs=np.full((4, 2, 1), 0.5), embeddings=x)
+
+
+def test_the_stochastic_registry_names_bald_and_dropquery():
+    assert STOCHASTIC_STRATEGIES == {"bald", "dropquery"}
 
 
 def test_missing_inputs_are_reported_even_for_an_empty_pool():

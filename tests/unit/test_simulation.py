@@ -7,16 +7,14 @@ import math
 
 import pytest
 
+import numpy as np
+
 from ml_backend.__main__ import main
-from ml_backend.simulation import (
-    CSV_COLUMNS,
-    SimConfig,
-    labels_to_reach,
-    median_or_none,
-    read_file,
-    simulate,
-    summarise,
-)
+from ml_backend.settings import get_settings
+from ml_backend.simulation import SimConfig, simulate, simulate_embeddings
+from ml_backend.simulation.folder import read_file
+from ml_backend.simulation.report import CSV_COLUMNS, labels_to_reach, median_or_none, summarise
+from model.training import TrainConfig
 from tests.images import COLOURS, png_bytes
 
 PER_CLASS = 10
@@ -84,8 +82,9 @@ def test_csv_has_one_row_per_strategy_repeat_and_round(sim):
     with (out / "results.csv").open() as fh:
         reader = csv.DictReader(fh)
         rows = list(reader)
-    assert set(CSV_COLUMNS) >= {"strategy", "repeat", "n_labels", "accuracy", "macro_f1"}
     assert tuple(reader.fieldnames) == CSV_COLUMNS
+    assert {"strategy", "repeat", "n_labels", "accuracy", "macro_f1", "promoted"} <= set(
+        reader.fieldnames)
     assert len(rows) == len(CONFIG.strategies) * CONFIG.repeats * len(ROUNDS)
     for strategy in CONFIG.strategies:
         for rep in range(CONFIG.repeats):
@@ -113,7 +112,7 @@ def test_seed_batch_without_a_model_follows_ranks_rules(sim):
     first = {(r["strategy"], r["repeat"]): r["selected_by"] for r in result.rows if r["round"] == 0}
     later = {r["selected_by"] for r in result.rows if r["strategy"] == "margin" and r["round"] > 0}
     for rep in range(CONFIG.repeats):
-        assert first[("auto", rep)] in {"typiclust", "kcenter"}
+        assert first[("auto", rep)] == "uherding"  # maxherding while there is no model
         assert first[("margin", rep)] == "random"  # needs probabilities: random seed batch
     assert later == {"margin"}
 
@@ -137,36 +136,112 @@ def test_summary_and_plot(sim):
     summary = json.loads((out / "summary.json").read_text())
     assert summary == json.loads(json.dumps(result.summary))
     assert set(summary["strategies"]) == set(CONFIG.strategies)
-    assert len(summary["full_data_accuracy"]["per_repeat"]) == CONFIG.repeats
+    for metric in ("accuracy", "macro_f1"):
+        assert len(summary["full_data"][metric]["per_repeat"]) == CONFIG.repeats
     for entry in summary["strategies"].values():
-        assert set(entry["labels_to_reach"]) == {"90%", "95%", "99%"}
-        assert set(entry["ratio_to_random"]) == {"90%", "95%", "99%"}
-        for reach in entry["labels_to_reach"].values():
-            assert len(reach["per_repeat"]) == CONFIG.repeats
-            assert all(n is None or n in ROUNDS for n in reach["per_repeat"])
-    assert summary["strategies"]["random"]["ratio_to_random"]["90%"] in (1.0, None)
+        for metric in ("accuracy", "macro_f1"):
+            assert set(entry["labels_to_reach"][metric]) == {"90%", "95%", "99%"}
+            for key, reach in entry["labels_to_reach"][metric].items():
+                assert len(reach["per_repeat"]) == CONFIG.repeats
+                assert all(n is None or n in ROUNDS for n in reach["per_repeat"])
+                mine, rand = reach["median"], summary["strategies"]["random"][
+                    "labels_to_reach"][metric][key]["median"]
+                expected = None if mine is None or rand is None else mine / rand
+                assert entry["ratio_to_random"][metric][key] == expected
     png = (out / "curve.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
 
 
-def test_labels_needed_median_and_ratio_to_random():
-    def curve(strategy, rep, accs):
-        return [{"strategy": strategy, "repeat": rep, "n_labels": 10 * (i + 1), "accuracy": a}
-                for i, a in enumerate(accs)]  # fmt: skip
+def curve(strategy, rep, accs, f1s=None):
+    f1s = f1s or accs
+    return [{"strategy": strategy, "repeat": rep, "n_labels": 10 * (i + 1), "accuracy": a,
+             "macro_f1": f} for i, (a, f) in enumerate(zip(accs, f1s))]  # fmt: skip
 
+
+def test_labels_needed_median_and_ratio_to_random():
     rows = (curve("auto", 0, [0.5, 0.95, 1.0]) + curve("auto", 1, [0.9, 0.99, 1.0])
             + curve("auto", 2, [0.2, 0.3, 0.4])
             + curve("random", 0, [0.5, 0.6, 1.0]) + curve("random", 1, [0.5, 0.6, 0.99])
             + curve("random", 2, [0.5, 0.6, 0.7]))  # fmt: skip
     assert labels_to_reach(rows[:3], 0.95) == 20 and labels_to_reach(rows[:3], 1.01) is None
     assert median_or_none([10, None, 30]) == 30 and median_or_none([10, None, None]) is None
-    s = summarise(rows, full=[1.0, 1.0, 1.0], strategies=["auto", "random"])
-    assert s["auto"]["labels_to_reach"]["90%"] == {"per_repeat": [20, 10, None], "median": 20}
-    assert s["random"]["labels_to_reach"]["90%"]["median"] == 30
-    assert s["auto"]["ratio_to_random"]["90%"] == pytest.approx(20 / 30)
-    assert s["auto"]["labels_to_reach"]["99%"]["per_repeat"] == [30, 20, None]
-    assert s["random"]["labels_to_reach"]["99%"]["per_repeat"] == [30, 30, None]
+    full = [{"accuracy": 1.0, "macro_f1": 1.0}] * 3
+    s = summarise(rows, full=full, strategies=["auto", "random"])
+    reach = s["auto"]["labels_to_reach"]["accuracy"]
+    assert reach["90%"] == {"per_repeat": [20, 10, None], "median": 20}
+    assert s["random"]["labels_to_reach"]["accuracy"]["90%"]["median"] == 30
+    assert s["auto"]["ratio_to_random"]["accuracy"]["90%"] == pytest.approx(20 / 30)
+    assert reach["99%"]["per_repeat"] == [30, 20, None]
+    assert s["random"]["labels_to_reach"]["accuracy"]["99%"]["per_repeat"] == [30, 30, None]
     assert s["auto"]["seed_batch_accuracy"]["per_repeat"] == [0.5, 0.9, 0.2]
+
+
+def test_macro_f1_is_reported_apart_from_accuracy():
+    """A rare class missed until late: accuracy is reached early, macro-F1 only at the end."""
+    rows = curve("auto", 0, [0.95, 0.96, 1.0], f1s=[0.5, 0.6, 1.0])
+    rows += curve("random", 0, [0.5, 0.96, 1.0], f1s=[0.5, 0.6, 1.0])
+    s = summarise(rows, full=[{"accuracy": 1.0, "macro_f1": 1.0}], strategies=["auto", "random"])
+    assert s["auto"]["labels_to_reach"]["accuracy"]["95%"]["median"] == 10
+    assert s["auto"]["labels_to_reach"]["macro_f1"]["95%"]["median"] == 30
+    assert s["auto"]["ratio_to_random"]["accuracy"]["95%"] == pytest.approx(0.5)
+    assert s["auto"]["ratio_to_random"]["macro_f1"]["95%"] == pytest.approx(1.0)
+
+
+def blobs(n_per_class=40, classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((classes, 8)) * 3
+    y = np.repeat(np.arange(classes), n_per_class)
+    return (centres[y] + rng.standard_normal((len(y), 8))).astype(np.float32), y
+
+
+def test_a_refused_candidate_leaves_the_previous_version_serving(tmp_path):
+    """The live promotion rule applies: a candidate clearly worse on shared held-out tasks is
+    not served (here every candidate compared is refused: it would have to beat the serving
+    version by more than 1.0)."""
+    x, y = blobs()
+    strict = TrainConfig(holdout=0.5, tolerance=-1.0, min_heldout=1)
+    config = SimConfig(strategies=("random",), seed_size=20, batch=20, budget=100, repeats=1,
+                       train=strict)  # fmt: skip
+    result = simulate_embeddings(x, y, list("abcd"), tmp_path, config, progress=False)
+    rows = result.rows
+    refused = [i for i, r in enumerate(rows) if not r["promoted"]]
+    assert refused and rows[0]["promoted"]
+    for i in refused:
+        assert rows[i]["serving"] == rows[i - 1]["serving"]  # the old version keeps serving
+        assert rows[i]["accuracy"] == rows[i - 1]["accuracy"]
+    assert result.summary["strategies"]["random"]["refused_promotions"] == len(refused)
+    lenient = SimConfig(**{**vars(config), "train": TrainConfig(holdout=0.5)})
+    rows = simulate_embeddings(x, y, list("abcd"), tmp_path, lenient, progress=False).rows
+    assert [r["serving"] for r in rows] == [f"v{i + 1}" for i in range(len(rows))]
+
+
+def test_stochastic_strategies_rank_on_stochastic_passes(tmp_path):
+    x, y = blobs()
+    for train in (TrainConfig(), TrainConfig(ensemble=3)):
+        config = SimConfig(strategies=("bald", "dropquery"), seed_size=20, batch=10, budget=40,
+                           repeats=1, train=train, mc_passes=4)  # fmt: skip
+        rows = simulate_embeddings(x, y, list("abcd"), tmp_path, config, progress=False).rows
+        later = {(r["strategy"], r["selected_by"]) for r in rows if r["round"] > 0}
+        assert later == {("bald", "bald"), ("dropquery", "dropquery")}
+
+
+def test_the_cli_trains_with_the_settings_training_config(tmp_path, monkeypatch, capsys):
+    data = make_folder(tmp_path / "images")
+    for name, value in {"HEAD_HIDDEN": "16", "HEAD_DROPOUT": "0.3", "ENSEMBLE_SIZE": "2",
+                        "HOLDOUT_FRACTION": "0.1", "MC_PASSES": "3"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        assert main(["simulate", "--data", str(data), "--out", str(tmp_path / "out"),
+                     "--strategies", "random", "--seed-size", "6", "--batch", "6",
+                     "--budget", "12", "--repeats", "1", "--backbone", "mobilenet_v3_small",
+                     "--weights", "none", "--cache", str(tmp_path / "cache")]) == 0
+    finally:
+        get_settings.cache_clear()
+    settings = json.loads((tmp_path / "out" / "summary.json").read_text())["settings"]
+    assert settings["mc_passes"] == 3
+    assert {k: settings["train"][k] for k in ("hidden", "dropout", "ensemble", "holdout")} == {
+        "hidden": 16, "dropout": 0.3, "ensemble": 2, "holdout": 0.1}
 
 
 def one_line_error(capsys, *args) -> str:
