@@ -18,7 +18,7 @@ from torchvision import models
 from torchvision.transforms import functional as F
 
 from model import timm_backbones
-from model.timm_backbones import TIMM_BACKBONES
+from model.timm_backbones import TIMM_BACKBONES, WeightsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,6 @@ BACKBONES = (
     "vit_b_16",
 )
 DEFAULT_BACKBONE = "efficientnet_lite0"  # why: the README's model table
-
-
-class WeightsUnavailable(RuntimeError):
-    """Named weights are neither cached nor downloadable; the message says where to put them."""
 
 
 def pick_device(device: str = "auto") -> torch.device:

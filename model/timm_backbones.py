@@ -9,13 +9,16 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import timm
 import torch
 from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
 
 log = logging.getLogger(__name__)
+
+
+class WeightsUnavailable(RuntimeError):
+    """Named weights are neither cached nor downloadable; the message says where to put them."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ def preprocessing(net: nn.Module, spec: TimmModel) -> ImageClassification:
     """Resize, centre crop and normalisation from timm's pretrained config for these weights
     (efficientnet_lite0: mean = std = 0.5, bicubic, as TF-Lite trained it; measured in the
     README), in torchvision's form so every backbone preprocesses through the same code."""
+    import timm
+
     cfg = timm.data.resolve_model_data_config(net)
     size = spec.input_size or int(cfg["input_size"][-1])
     crop_pct = spec.crop_pct or float(cfg["crop_pct"])
@@ -81,7 +86,8 @@ def create(name: str, pretrained: bool = False) -> nn.Module:
     """The feature net (classifier removed): randomly initialised, the same in every process,
     or with its pretrained weights from the Hugging Face cache, downloaded where the network
     allows (timm adapts them, e.g. DINOv2's position embeddings)."""
-    from model.backbone import WeightsUnavailable
+    import timm  # imported on first use: it adds seconds to every command's start
+
 
     spec = TIMM_BACKBONES[name]
     try:
