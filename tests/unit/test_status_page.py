@@ -1,19 +1,15 @@
 import io
-import shutil
-import socket
-import subprocess
-import threading
 import time
 
 import numpy as np
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from ml_backend.queue_state import ProjectQueue
 from ml_backend.server import create_app
 from ml_backend.steps import retrain
+from tests.browser import chromium, served
 
 CURVE_BLUE = np.array([0x1F, 0x77, 0xB4])
 
@@ -56,29 +52,9 @@ def test_a_failed_job_shows_its_error_escaped(settings, runtime, trained_app):
 
 
 def test_the_page_renders_in_headless_chromium(trained_app, tmp_path):
-    if shutil.which("chromium") is None:
-        pytest.fail("chromium is not installed: run `make system-deps`", pytrace=False)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(trained_app, host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            time.sleep(0.05)
-        shot = tmp_path / "page.png"
-        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,900"]
-        url = f"http://127.0.0.1:{port}/"
-        dom = subprocess.run(["chromium", *flags, "--dump-dom", url], capture_output=True,
-                             text=True, timeout=120).stdout
+    shot = tmp_path / "page.png"
+    with served(trained_app) as url:
+        dom = chromium(tmp_path / "profile", "1000,900", "--dump-dom", url + "/").stdout
         assert "Project 1" in dom and "v3 (serving)" in dom
-        subprocess.run(["chromium", *flags, f"--screenshot={shot}", url], capture_output=True,
-                       timeout=120, check=True)
-        assert blue_pixels(shot.read_bytes()) > 50  # the curve image loaded and rendered
-    finally:
-        server.should_exit = True
-        thread.join(10)
+        chromium(tmp_path / "profile", "1000,900", f"--screenshot={shot}", url + "/")
+    assert blue_pixels(shot.read_bytes()) > 50  # the curve image loaded and rendered

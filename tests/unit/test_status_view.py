@@ -5,16 +5,12 @@ headless Chromium."""
 
 import io
 import re
-import shutil
-import socket
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 from redis import Redis
@@ -25,6 +21,7 @@ from ml_backend.queue_state import ProjectQueue
 from ml_backend.runtime import Runtime
 from ml_backend.server import create_app
 from ml_backend.status_charts import wilson
+from tests.browser import chromium, served
 
 CURVE_BLUE = np.array([0x1F, 0x77, 0xB4])
 
@@ -141,8 +138,6 @@ def test_a_running_job_is_named_with_how_long_it_has_run(settings, runtime, redi
 
 def test_the_page_in_headless_chromium_shows_curve_per_class_table_and_confusion(
         app, redis_url, tmp_path):
-    if shutil.which("chromium") is None:
-        pytest.fail("chromium is not installed: run `make system-deps`", pytrace=False)
     conn = Redis.from_url(redis_url)
     conn.set(ProjectQueue(conn, 1).pending_key(), "ANNOTATION_CREATED")
     ProjectQueue(conn, 1).record({
@@ -152,29 +147,12 @@ def test_the_page_in_headless_chromium_shows_curve_per_class_table_and_confusion
     page = TestClient(app).get("/").text
     assert "table class='confusion'" in page and "<th>Precision</th>" in page
     assert "a retrain is queued (ANNOTATION_CREATED)" in page
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            time.sleep(0.05)
-        shot = tmp_path / "status.png"
-        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1900",
-                 "--hide-scrollbars"]
-        subprocess.run(["chromium", *flags, f"--screenshot={shot}", f"http://127.0.0.1:{port}/"],
-                       capture_output=True, timeout=120, check=True)
-        png = shot.read_bytes()
-        assert colour_pixels(png, CURVE_BLUE) > 200  # the curve, its points and the bars
-        assert colour_pixels(png, (0xD6, 0x27, 0x28)) > 20  # the serving version's red ring
-        # The interval band: the curve's blue at 12% over white.
-        assert colour_pixels(png, (226, 236, 244), tol=12) > 500
-        assert colour_pixels(png, (0xFD, 0xE2, 0xE2), tol=6) > 500  # the failed job's row
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    shot = tmp_path / "status.png"
+    with served(app) as url:
+        chromium(tmp_path / "profile", "1200,1900", f"--screenshot={shot}", url + "/")
+    png = shot.read_bytes()
+    assert colour_pixels(png, CURVE_BLUE) > 200  # the curve, its points and the bars
+    assert colour_pixels(png, (0xD6, 0x27, 0x28)) > 20  # the serving version's red ring
+    # The interval band: the curve's blue at 12% over white.
+    assert colour_pixels(png, (226, 236, 244), tol=12) > 500
+    assert colour_pixels(png, (0xFD, 0xE2, 0xE2), tol=6) > 500  # the failed job's row
