@@ -35,13 +35,18 @@ def retrains(status: dict[str, Any]) -> list[dict[str, Any]]:
 def queue_busy(status: dict[str, Any]) -> bool:
     """Whether /status shows any job pending, queued or running for the project.
 
-    Reads every flag and count under `queue` rather than fixed key names, so a renamed flag
-    cannot make a busy backend look idle; a Redis error counts as busy.
+    Reads every flag and count under `queue` (nested ones too) rather than fixed key names, so
+    a renamed flag cannot make a busy backend look idle; only `summary`, the same state in words
+    for people, is passed over. A Redis error counts as busy.
     """
     queue = status.get("queue")
     if not isinstance(queue, dict) or "error" in queue:
         return True
-    return any(bool(v) for v in queue.values())
+
+    def busy(value: Any) -> bool:
+        return any(map(busy, value.values())) if isinstance(value, dict) else bool(value)
+
+    return any(busy(v) for k, v in queue.items() if k != "summary")
 
 
 def wait_for_idle_version(
