@@ -2,7 +2,7 @@ import pytest
 
 from ml_backend import jobs
 from ml_backend.runtime import Runtime
-from ml_backend.settings import Settings
+from ml_backend.settings import Settings, get_settings
 from tests.unit.fakes import FakeLabelStudio
 
 
@@ -30,3 +30,14 @@ def worker_runtime(runtime) -> Runtime:
     jobs.use_runtime(runtime)
     yield runtime
     jobs.use_runtime(None)
+
+
+@pytest.fixture
+def cli_env(settings, monkeypatch):
+    """The test settings as the environment a CLI command in this process reads."""
+    for key, value in {"MODEL_DIR": str(settings.model_dir), "BACKBONE": settings.backbone,
+                       "WEIGHTS": settings.weights, "REDIS_URL": settings.redis_url}.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()

@@ -16,7 +16,6 @@ from ml_backend import steps
 from ml_backend.__main__ import main
 from ml_backend.model_commands import export
 from ml_backend.runtime import Runtime
-from ml_backend.settings import get_settings
 from model.export import check_export, onnx_probabilities
 from model.head import predict_proba
 from tests.images import png_bytes
@@ -64,16 +63,6 @@ def test_an_ensemble_exports_the_mean_of_its_members(ensemble_runtime, tmp_path)
     got = onnx_probabilities(tmp_path / "e" / "model.onnx", network_inputs(rt, IMAGES))
     np.testing.assert_allclose(got, live_probs(rt, 1, IMAGES), atol=1e-4)
     assert "mean of its 3 ensemble members" in (tmp_path / "e" / "README.md").read_text()
-
-
-@pytest.fixture
-def cli_env(settings, monkeypatch):
-    for key, value in {"MODEL_DIR": str(settings.model_dir), "BACKBONE": settings.backbone,
-                       "WEIGHTS": settings.weights, "REDIS_URL": settings.redis_url}.items():
-        monkeypatch.setenv(key, value)
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
 
 
 def test_the_readme_onnx_snippet_classifies_an_image_as_the_backend_does(runtime, tmp_path,

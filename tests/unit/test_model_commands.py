@@ -121,16 +121,6 @@ def test_predict_writes_a_csv_and_skips_unreadable_files(trained, tmp_path, caps
     assert "skipped" in err and "broken.jpg" in err and "notes.txt" not in err
 
 
-@pytest.fixture
-def cli_env(settings, monkeypatch):
-    for key, value in {"MODEL_DIR": str(settings.model_dir), "BACKBONE": settings.backbone,
-                       "WEIGHTS": settings.weights, "REDIS_URL": settings.redis_url}.items():
-        monkeypatch.setenv(key, value)
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
-
-
 def test_cli_errors_are_one_line_and_change_nothing(trained, tmp_path, cli_env, capsys):
     assert main(["rollback", "--project", "1", "v7"]) == 2
     err = capsys.readouterr().err.strip()
