@@ -68,6 +68,18 @@ class ProjectQueue:
     def is_pending(self, kind: str = "retrain") -> bool:
         return bool(self.redis.exists(self.pending_key(kind)))
 
+    def pending_reason(self, kind: str = "retrain") -> str | None:
+        """Why a job of `kind` was queued (the event's name), or None when none waits."""
+        reason = self.redis.get(self.pending_key(kind))
+        return None if reason is None else reason.decode(errors="replace")
+
+    def is_locked(self) -> bool:
+        """Whether a job of the project is running (holds its lock)."""
+        return bool(self.redis.exists(self.lock_key))
+
+    def annotations_counted(self) -> int:
+        return int(self.redis.get(self.annotations_key) or 0)
+
     def count_annotation(self) -> int:
         return int(self.redis.incr(self.annotations_key))
 
@@ -94,14 +106,6 @@ class ProjectQueue:
         pipe.lpush(self.history_key, json.dumps(entry))
         pipe.ltrim(self.history_key, 0, HISTORY_LENGTH - 1)
         pipe.execute()
-
-    def state(self) -> dict:
-        """What the status page shows of the project's jobs now."""
-        return {
-            "retrain_pending": self.is_pending("retrain"),
-            "deleting_old_versions": self.is_pending("prune"),
-            "running": bool(self.redis.exists(self.lock_key)),
-        }
 
     # -- the lock ----------------------------------------------------------------------------
     @contextmanager

@@ -76,8 +76,8 @@ def queue_state(conn: Redis, settings: Settings, project: int) -> dict:
     """The project's jobs: flags for programs, `summary` sentences for people."""
     queues = list(dict.fromkeys(q for q in (settings.queue_name, settings.gpu_queue_name) if q))
     jobs = ProjectQueue(conn, project)
-    pending = {kind: conn.get(jobs.pending_key(kind)) for kind in WAITING_JOBS}
-    running = bool(conn.exists(jobs.lock_key))
+    pending = {kind: jobs.pending_reason(kind) for kind in WAITING_JOBS}
+    running = jobs.is_locked()
     counts = {q: Queue(q, connection=conn).count for q in queues}
     job = _running_job(conn, queues, project) if running else None
     summary = []
@@ -88,10 +88,10 @@ def queue_state(conn: Redis, settings: Settings, project: int) -> dict:
         summary.append("a job holds the project's lock (running)")
     for kind, reason in pending.items():
         if reason is not None:
-            why = reason.decode(errors="replace") if kind == "retrain" else ""
+            why = reason if kind == "retrain" else ""
             summary.append(WAITING_JOBS[kind] + (f" ({why})" if why else ""))
     if settings.retrain_every > 1:
-        counted = int(conn.get(jobs.annotations_key) or 0) % settings.retrain_every
+        counted = jobs.annotations_counted() % settings.retrain_every
         if counted:
             summary.append(f"{counted} of {settings.retrain_every} annotations counted toward "
                            "the next retrain")

@@ -80,7 +80,7 @@ def test_webhooks_during_a_running_retrain_lead_to_exactly_one_follow_up(setting
     history = state.history()
     assert [h["status"] for h in history] == ["finished", "finished"]
     assert history[0]["version"] == "v2" and history[0]["seconds"] >= 0
-    assert not state.state()["running"] and not state.is_pending("retrain")
+    assert not state.is_locked() and not state.is_pending("retrain")
 
 
 def test_a_failed_retrain_is_recorded_and_releases_the_lock(settings, worker_runtime, fake_ls):
@@ -92,7 +92,7 @@ def test_a_failed_retrain_is_recorded_and_releases_the_lock(settings, worker_run
     assert job.get_status(refresh=True) in ("failed", "scheduled")
     entry = ProjectQueue(redis, 1).history()[0]
     assert entry["status"] == "failed" and "UnsupportedConfig" in entry["error"]
-    assert not ProjectQueue(redis, 1).state()["running"]
+    assert not ProjectQueue(redis, 1).is_locked()
 
 
 def test_a_retrain_logs_one_timed_line_per_step(runtime, caplog):
