@@ -33,13 +33,24 @@ def enqueue(redis: Redis, settings: Settings, kind: str, project: int, reason: s
         JOBS[kind],
         project,
         reason,
-        job_id=f"{kind}-{project}-{uuid.uuid4().hex[:8]}",
+        job_id=job_id(kind, project),
         job_timeout=settings.retrain_lock_ttl,
         retry=retry_policy(settings),
         result_ttl=3600,
         failure_ttl=7 * 86400,
     )
     return {"status": "queued", "job": kind, "project": project, "job_id": job.id}
+
+
+def job_id(kind: str, project: int) -> str:
+    """`<kind>-<project>-<random>`: unique, and it says whose job it is (`job_owner`)."""
+    return f"{kind}-{project}-{uuid.uuid4().hex[:8]}"
+
+
+def job_owner(job_id: str) -> tuple[str, str]:
+    """(kind, project) of an id made by `job_id`; the project is "" for other jobs' ids."""
+    kind, _, rest = job_id.partition("-")
+    return kind, rest.split("-", 1)[0]
 
 
 def queue_for(settings: Settings, kind: str) -> str:

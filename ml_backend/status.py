@@ -17,6 +17,7 @@ from rq.job import Job
 from rq.registry import StartedJobRegistry
 
 from ml_backend.queue_state import ProjectQueue
+from ml_backend.queueing import job_owner
 from ml_backend.runtime import Runtime
 from ml_backend.settings import Settings
 
@@ -54,8 +55,8 @@ def _running_job(conn: Redis, queues: list[str], project: int) -> dict | None:
     """Kind and start time of the job of `project` a worker is running, from RQ's registry."""
     for name in queues:
         for job_id in StartedJobRegistry(name, connection=conn).get_job_ids(cleanup=False):
-            kind, _, rest = job_id.partition("-")
-            if rest.split("-", 1)[0] != str(project):
+            kind, owner = job_owner(job_id)
+            if owner != str(project):
                 continue
             job = Job.fetch(job_id, connection=conn)
             started = job.started_at
