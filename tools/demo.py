@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 
 from ml_backend import importer
+from ml_backend.__main__ import setup_logging
 from tools.processes import (
     REPO,
     Processes,
@@ -223,7 +224,6 @@ def run(host: str = "127.0.0.1", port: int = 9090, ls_port: int = 8080,
     """Start everything and wait; an interrupt stops it all and returns (one line says so)."""
     stop_on_signals()
     data = (REPO / data).resolve()  # REPO / an absolute path is that path
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     logs = data / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     state = load_state(data)
@@ -307,8 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="everything the demo keeps; a second run reuses it")
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level.upper())  # the backend's: no line per HTTP request
     try:
         run(host=args.host, port=args.port, ls_port=args.ls_port, data=args.data_dir)
     except KeyboardInterrupt:  # a second interrupt, or one before run() took over
