@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -83,45 +82,6 @@ def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
     return w.astype(np.float32)
 
 
-@torch.no_grad()
-def restandardise(head: Head, mean: torch.Tensor, std: torch.Tensor) -> None:
-    """Switch `head` to new input statistics without changing the function it computes."""
-    first = head.body[1]
-    scale = std / head.std
-    first.bias += first.weight @ ((mean - head.mean) / head.std)
-    first.weight *= scale
-    head.mean.copy_(mean)
-    head.std.copy_(std)
-
-
-@torch.no_grad()
-def grow(old: Head | Ensemble, old_classes: list[str], classes: list[str], *, dim: int,
-         hidden: int, dropout: float, seed: int = 0) -> Head | None:
-    """A head for `classes` that starts from what `old` learnt (None when shapes differ).
-
-    The hidden layer is copied and so is the output row of every class `old` knows; a class
-    added to the label config gets a freshly initialised row, a removed one loses its row.
-    """
-    if isinstance(old, Ensemble):
-        old = old.members[0]
-    cfg = old.config
-    if cfg["dim"] != dim or cfg["hidden"] != hidden or not set(old_classes) & set(classes):
-        return None
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        head = Head(cfg["dim"], len(classes), hidden=hidden, dropout=dropout)
-    last = f"body.{len(old.body) - 1}."
-    state = {k: v for k, v in old.state_dict().items() if not k.startswith(last)}
-    head.load_state_dict(state, strict=False)
-    new_last, old_last = head.body[-1], old.body[-1]
-    for i, c in enumerate(classes):
-        if c in old_classes:
-            j = old_classes.index(c)
-            new_last.weight[i] = old_last.weight[j]
-            new_last.bias[i] = old_last.bias[j]
-    return head
-
-
 MASK_WINDOWS = 1024
 SMALL_PROBLEM = 1 << 24  # elements per op below which one thread is faster (e.g. 30k x 512)
 
@@ -164,13 +124,11 @@ def train_head(
     patience: int = 25,
     val_fraction: float = 0.15,
     seed: int = 0,
-    init: Head | None = None,
 ) -> tuple[Head, TrainReport]:
     """Train a head with full-batch Adam, class-weighted loss and early stopping.
 
     Early stopping watches a random held-out slice of the given examples (only when there are
-    enough of them); the weights of the best epoch are kept. `init` (see `grow`) warm-starts
-    from an earlier head. Deterministic for a seed.
+    enough of them); the weights of the best epoch are kept. Deterministic for a seed.
     """
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
@@ -188,15 +146,11 @@ def train_head(
     xt = torch.from_numpy(x[train_idx])
     yt = torch.from_numpy(y[train_idx])
     mean, std = xt.mean(0), xt.std(0, unbiased=False).clamp_min(1e-6)
-    if init is not None:
-        head = copy.deepcopy(init)
-        restandardise(head, mean, std)
-    else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            head = Head(x.shape[1], n_classes, hidden=hidden, dropout=dropout)
-        head.mean.copy_(mean)
-        head.std.copy_(std)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = Head(x.shape[1], n_classes, hidden=hidden, dropout=dropout)
+    head.mean.copy_(mean)
+    head.std.copy_(std)
     # Standardise once; the epochs then run the body on fixed inputs.
     xs = (xt - mean) / std
     xv = (torch.from_numpy(x[val_idx]) - mean) / std
@@ -254,7 +208,6 @@ def train_ensemble(
     hidden: int = 0,
     dropout: float = 0.2,
     seed: int = 0,
-    init: Head | None = None,
 ) -> Ensemble:
     """`members` heads, each fitted for `epochs` on a bootstrap resample drawn within each class
     (so a rare class is never left out of a member)."""
@@ -267,7 +220,7 @@ def train_ensemble(
             for rows in (np.flatnonzero(y == c) for c in np.unique(y))
         ])
         head, _ = train_head(x[idx], y[idx], n_classes, hidden=hidden, dropout=dropout,
-                             max_epochs=epochs, val_fraction=0.0, seed=seed + 1 + m, init=init)
+                             max_epochs=epochs, val_fraction=0.0, seed=seed + 1 + m)
         heads.append(head)
     return Ensemble(heads)
 

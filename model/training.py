@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from model.evaluation import evaluate, predict_classes
-from model.head import Ensemble, Head, grow, predict_proba, train_ensemble, train_head
+from model.head import Ensemble, Head, predict_proba, train_ensemble, train_head
 from model.promotion import decide
 from model.versions import ModelVersion
 
@@ -81,12 +81,14 @@ def fit(
     *,
     roles: np.ndarray | None = None,
     config: TrainConfig = TrainConfig(),
-    init: Head | None = None,
 ) -> tuple[Head | Ensemble, dict]:
     """Train a head on the `train` rows and measure it on the `val` (and `test`) rows.
 
     Early stopping watches a slice of the training rows; the head is then refitted on every
-    training row for the best number of epochs, so no training label is wasted.
+    training row for the best number of epochs, so no training label is wasted. Every run
+    starts from scratch: warm-starting from the serving head was measured to cost accuracy
+    (0.55 vs 0.77 on digits at 220 labels), because early stopping ends it after a few epochs
+    near the old optimum, and a head trains in seconds anyway.
     """
     start = time.perf_counter()
     y = np.asarray(y, dtype=np.int64)
@@ -96,7 +98,7 @@ def fit(
         raise ValueError("every labelled task is held out: nothing left to train on")
     c = config
     xt, yt = x[train], y[train]
-    kw = {"hidden": c.hidden, "dropout": c.dropout, "seed": c.seed, "init": init}
+    kw = {"hidden": c.hidden, "dropout": c.dropout, "seed": c.seed}
     probe, report = train_head(xt, yt, len(classes), **kw)
     epochs = report.best_epoch
     if report.val_loss is not None:  # early stopping held some rows back: refit on all of them
@@ -121,7 +123,7 @@ def fit(
         "n_test": int((roles == TEST).sum()),
         "metrics": measure(VAL),
         "test_metrics": measure(TEST),
-        "train": {"epochs": epochs, "warm_start": init is not None, **asdict(c)},
+        "train": {"epochs": epochs, **asdict(c)},
         "train_seconds": round(time.perf_counter() - start, 4),
     }
     return head, meta
@@ -139,7 +141,7 @@ def train_candidate(
     serving_x: np.ndarray | None = None,
     config: TrainConfig = TrainConfig(),
 ) -> Candidate:
-    """Split, fit (warm-started from `serving` when it fits), measure and judge a new version.
+    """Split, fit, measure and judge a new version against `serving`.
 
     `x` are the embeddings of `tasks` by the backbone with `fingerprint`. The serving version is
     judged on its own backbone's embeddings: `x` when it was trained on the same backbone,
@@ -152,11 +154,7 @@ def train_candidate(
                          seed=config.seed, min_labels=config.min_labels)
     same_backbone = serving is not None and (
         fingerprint is None or serving.meta.get("backbone_fingerprint") == fingerprint)
-    init = None
-    if same_backbone:
-        init = grow(serving.head, serving.classes, classes, dim=x.shape[1], hidden=config.hidden,
-                    dropout=config.dropout, seed=config.seed)
-    head, meta = fit(x, y, classes, roles=roles, config=config, init=init)
+    head, meta = fit(x, y, classes, roles=roles, config=config)
     by_role = {r: [t for t, role in zip(tasks, roles) if role == r] for r in (TRAIN, VAL, TEST)}
     if serving is None:
         verdict = decide(config.metric, None, None, config.tolerance,

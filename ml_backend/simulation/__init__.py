@@ -3,7 +3,7 @@
 Why: users decide whether active learning pays, and with which strategy, before they spend
 annotators' time. The simulation runs the live loop's own parts and imports nothing else of
 the backend (no server, queue or Label Studio): `model.backbone` and the embedding cache for
-features, `model.training.train_candidate` for each retrain (held-out split, warm start,
+features, `model.training.train_candidate` for each retrain (held-out split,
 promotion rule, under the settings' `TrainConfig`), `model.head.predict_proba` for the serving
 version's (stochastic) probabilities, `sampling.rank` for selection.
 

@@ -2,10 +2,10 @@
 
 Why the live code and not a copy: a simulation is only worth reading if what it measures is
 what the backend would do. Each round therefore trains a candidate with
-`model.training.train_candidate` (the same held-out split, warm start from the serving
-version, and promotion rule as a live retrain, under the `TrainConfig` the settings build),
-serves it only if promoted, and ranks the pool with the serving version's probabilities
-(stochastic passes for the strategies `sampling` names) through `sampling.rank`.
+`model.training.train_candidate` (the same held-out split and promotion rule as a live retrain,
+under the `TrainConfig` the settings build), serves it only if promoted, and ranks the pool
+with the serving version's probabilities (stochastic passes for the strategies `sampling`
+names) through `sampling.rank`.
 """
 
 from __future__ import annotations

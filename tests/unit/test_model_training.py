@@ -1,10 +1,10 @@
-"""Head training: held-out roles, warm starts when classes change, ensembles, the promotion rule."""
+"""Head training: held-out roles, classes added later, ensembles, the promotion rule."""
 
 import numpy as np
 import pytest
 import torch
 
-from model.head import Ensemble, Head, restandardise, grow, predict_proba, train_head
+from model.head import Ensemble, Head, predict_proba, train_head
 from model.promotion import check_metric, decide, metric_value
 from model.training import TEST, TRAIN, VAL, TrainConfig, assign_roles, fit, train_candidate
 from model.versions import ModelVersion
@@ -56,52 +56,40 @@ def test_too_few_labels_hold_nothing_out():
     assert (roles == VAL).sum() == 1  # at least one once there are enough labels
 
 
-# -- warm start -------------------------------------------------------------------------------
+# -- retrains -----------------------------------------------------------------------------------
 
 
-def test_restandardising_keeps_the_function():
-    x, y = blobs()
-    head, _ = train_head(x, y, 3, hidden=8, seed=0)
-    before = predict_proba(head, x)
-    restandardise(head, torch.full((16,), 0.5), torch.full((16,), 2.0))
-    np.testing.assert_allclose(predict_proba(head, x), before, atol=1e-5)
-
-
-def test_a_class_added_later_grows_the_head_without_losing_the_others():
+def test_a_class_added_later_is_learnt_from_a_few_labels_without_losing_the_others():
     x, y = blobs(classes=3)
-    old, _ = train_head(x[y < 2], y[y < 2], 2, seed=0)
-    grown = grow(old, ["a", "b"], ["b", "a", "c"], dim=16, hidden=0, dropout=0.2)
-    assert grown.config["n_classes"] == 3
-    ab = x[y < 2]
-    old_logits = old.eval()(torch.from_numpy(ab)).detach()
-    new_logits = grown.eval()(torch.from_numpy(ab)).detach()
-    np.testing.assert_allclose(new_logits[:, [1, 0]], old_logits, atol=1e-5)  # rows moved along
-
-    # Few labels of the new class: warm-started training keeps the old classes right.
+    old = train_candidate(x[y < 2], [["a", "b"][i] for i in y[y < 2]],
+                          list(np.flatnonzero(y < 2)), ["a", "b"])
+    serving = ModelVersion("v1", old.head, old.meta | {"backbone_fingerprint": "fp"})
     few_c = np.concatenate([np.flatnonzero(y < 2), np.flatnonzero(y == 2)[:3]])
-    remap = np.array([1, 0, 2])[y[few_c]]
-    head, _ = train_head(x[few_c], remap, 3, seed=0, init=grown, max_epochs=30)
-    pred = predict_proba(head, x).argmax(1)
-    assert (pred[y < 2] == np.array([1, 0])[y[y < 2]]).mean() > 0.95
-    assert grow(old, ["a", "b"], ["c", "d"], dim=16, hidden=0, dropout=0.2) is None
-    assert grow(old, ["a", "b"], ["a", "b"], dim=32, hidden=0, dropout=0.2) is None
+    classes = ["b", "a", "c"]  # reordered, and a class added to the label config
+    new = train_candidate(x[few_c], [["a", "b", "c"][i] for i in y[few_c]], list(few_c), classes,
+                          serving=serving, fingerprint="fp")
+    pred = np.array(classes)[predict_proba(new.head, x).argmax(1)]
+    truth = np.array(["a", "b", "c"])[y]
+    assert (pred[y < 2] == truth[y < 2]).mean() > 0.95
+    assert (pred[y == 2] == "c").mean() > 0.8
 
 
-def test_train_candidate_warm_starts_from_the_serving_version():
+def test_a_retrain_does_not_depend_on_the_version_that_serves():
+    # Warm-starting from the serving head was measured to cost accuracy: each retrain is a
+    # fresh fit of the labels, whatever served before.
     x, y = blobs()
     classes = ["a", "b", "c"]
-    tasks = list(range(len(y)))
-    first = train_candidate(x, [classes[i] for i in y], tasks, classes)
-    assert first.meta["train"]["warm_start"] is False
+    labels, tasks = [classes[i] for i in y], list(range(len(y)))
+    first = train_candidate(x, labels, tasks, classes)
     assert first.meta["promotion"]["promoted"] and "no version serves" in (
         first.meta["promotion"]["reason"])
-    serving = ModelVersion("v1", first.head, first.meta | {"backbone_fingerprint": "fp"})
-    second = train_candidate(x, [classes[i] for i in y], tasks, classes + ["d"],
-                             serving=serving, fingerprint="fp")
-    assert second.meta["train"]["warm_start"] is True
-    other = train_candidate(x, [classes[i] for i in y], tasks, classes, serving=serving,
+    rng = np.random.default_rng(1)
+    noise = train_candidate(x, list(rng.choice(classes, len(y))), tasks, classes)
+    bad = ModelVersion("v1", noise.head, noise.meta | {"backbone_fingerprint": "fp"})
+    second = train_candidate(x, labels, tasks, classes, serving=bad, fingerprint="fp")
+    np.testing.assert_allclose(predict_proba(second.head, x), predict_proba(first.head, x))
+    other = train_candidate(x, labels, tasks, classes, serving=bad,
                             fingerprint="another backbone")
-    assert other.meta["train"]["warm_start"] is False
     assert "another backbone" in other.meta["promotion"]["reason"]
 
 
