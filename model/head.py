@@ -70,8 +70,6 @@ def build_head(config: dict) -> Head | Ensemble:
 @dataclass
 class TrainReport:
     epochs: int
-    best_epoch: int
-    val_loss: float | None
     seconds: float
 
 
@@ -82,6 +80,8 @@ def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
     return w.astype(np.float32)
 
 
+EPOCHS = 300
+WEIGHT_DECAY = 1e-2
 MASK_WINDOWS = 1024
 SMALL_PROBLEM = 1 << 24  # elements per op below which one thread is faster (e.g. 30k x 512)
 
@@ -119,32 +119,25 @@ def train_head(
     hidden: int = 0,
     dropout: float = 0.2,
     lr: float = 1e-2,
-    weight_decay: float = 1e-3,
-    max_epochs: int = 300,
-    patience: int = 25,
-    val_fraction: float = 0.15,
+    weight_decay: float = WEIGHT_DECAY,
+    epochs: int = EPOCHS,
     seed: int = 0,
 ) -> tuple[Head, TrainReport]:
-    """Train a head with full-batch Adam, class-weighted loss and early stopping.
+    """Train a head with full-batch Adam and a class-weighted loss for a fixed number of epochs.
 
-    Early stopping watches a random held-out slice of the given examples (only when there are
-    enough of them); the weights of the best epoch are kept. Deterministic for a seed.
+    No early stopping: with few labels its validation slice is a handful of rows, and the
+    epoch it picked swung accuracy by up to 0.3 on digits (0.12-0.41 at 20 labels, 0.81-0.90
+    at 800); weight decay and dropout regularise instead. Deterministic for a seed.
     """
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
-    rng = np.random.default_rng(seed)
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y, dtype=np.int64)
-    n = len(y)
-    if n == 0:
+    if len(y) == 0:
         raise ValueError("no labelled examples to train on")
 
-    n_val = int(n * val_fraction) if n >= 20 else 0
-    order = rng.permutation(n)
-    val_idx, train_idx = order[:n_val], order[n_val:]
-
-    xt = torch.from_numpy(x[train_idx])
-    yt = torch.from_numpy(y[train_idx])
+    xt = torch.from_numpy(x)
+    yt = torch.from_numpy(y)
     mean, std = xt.mean(0), xt.std(0, unbiased=False).clamp_min(1e-6)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -153,23 +146,18 @@ def train_head(
     head.std.copy_(std)
     # Standardise once; the epochs then run the body on fixed inputs.
     xs = (xt - mean) / std
-    xv = (torch.from_numpy(x[val_idx]) - mean) / std
-    yv = torch.from_numpy(y[val_idx])
     p = float(head.config["dropout"])
     masks = _dropout_masks(len(xs), xs.shape[1], p, gen) if p > 0 else None
     if masks is not None:
         scaled = xs * (1.0 / (1.0 - p))  # dropout's rescaling, done once
         dropped = torch.empty_like(xs)
     layers = head.body[1:]  # the input dropout is applied through the mask pool
-    weights = torch.from_numpy(class_weights(y[train_idx], n_classes))
-    loss_fn = nn.CrossEntropyLoss(weight=weights)
+    loss_fn = nn.CrossEntropyLoss(weight=torch.from_numpy(class_weights(y, n_classes)))
     opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
-
-    best_state, best_loss, best_epoch, epoch = None, float("inf"), 0, 0
+    head.train()
     with torch.random.fork_rng(devices=[]), _threads_for(xs.numel()):
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-        for epoch in range(1, max_epochs + 1):
-            head.train()
+        for _ in range(epochs):
             inputs = xs
             if masks is not None:
                 offset = int(torch.randint(0, len(masks) - len(xs) + 1, (1,), generator=gen))
@@ -177,25 +165,8 @@ def train_head(
             opt.zero_grad(set_to_none=True)
             loss_fn(layers(inputs), yt).backward()
             opt.step()
-            if n_val:
-                head.eval()
-                with torch.no_grad():
-                    val = float(F.cross_entropy(layers(xv), yv))
-                if val < best_loss - 1e-5:
-                    best_loss, best_epoch = val, epoch
-                    best_state = {k: v.clone() for k, v in head.state_dict().items()}
-                elif epoch - best_epoch >= patience:
-                    break
-    if best_state is not None:
-        head.load_state_dict(best_state)
     head.eval()
-    report = TrainReport(
-        epochs=epoch,
-        best_epoch=best_epoch or epoch,
-        val_loss=best_loss if n_val else None,
-        seconds=time.perf_counter() - start,
-    )
-    return head, report
+    return head, TrainReport(epochs=epochs, seconds=time.perf_counter() - start)
 
 
 def train_ensemble(
@@ -204,7 +175,7 @@ def train_ensemble(
     n_classes: int,
     members: int,
     *,
-    epochs: int,
+    epochs: int = EPOCHS,
     hidden: int = 0,
     dropout: float = 0.2,
     seed: int = 0,
@@ -220,7 +191,7 @@ def train_ensemble(
             for rows in (np.flatnonzero(y == c) for c in np.unique(y))
         ])
         head, _ = train_head(x[idx], y[idx], n_classes, hidden=hidden, dropout=dropout,
-                             max_epochs=epochs, val_fraction=0.0, seed=seed + 1 + m)
+                             epochs=epochs, seed=seed + 1 + m)
         heads.append(head)
     return Ensemble(heads)
 

@@ -26,12 +26,11 @@ def blobs(n_per_class=40, dim=16, seed=0):
 
 def test_head_learns_separable_classes_and_is_deterministic():
     x, y = blobs()
-    head_a, report = train_head(x, y, 3, seed=1)
+    head_a, _ = train_head(x, y, 3, seed=1)
     head_b, _ = train_head(x, y, 3, seed=1)
     pa, pb = predict_proba(head_a, x), predict_proba(head_b, x)
     assert (pa.argmax(1) == y).mean() > 0.95
     np.testing.assert_allclose(pa, pb)
-    assert report.best_epoch <= report.epochs
 
 
 def test_stochastic_passes_differ_and_sum_to_one():
