@@ -92,7 +92,8 @@ def import_model(rt: Runtime, project: int, file: Path, labels: Path | None = No
     Accepted: (1) a TorchScript file written by `export` (classes and backbone inside it;
     `--labels` may rename the classes); (2) a state dict (torch.save of `model.state_dict()`,
     optionally under a "state_dict" or "model" key, "module." prefixes allowed) of a
-    torchvision classifier `models.get_model(BACKBONE, num_classes=K)`, with `--labels`
+    torchvision classifier `models.get_model(BACKBONE, num_classes=K)` or, for the timm
+    backbones, timm's `create_model` of the same architecture, with `--labels`
     naming its K outputs in order. Its last Linear layer becomes the head, the rest the
     project's backbone (saved under MODEL_DIR/backbones/); later retrains start from both.
     """

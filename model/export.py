@@ -23,6 +23,7 @@ from torch import nn
 from torchvision import models
 
 from model.backbone import BACKBONES, Backbone, read_state_dict
+from model.timm_backbones import TIMM_BACKBONES
 from model.export_readme import readme
 from model.head import Ensemble, Head, build_head, predict_proba
 from model.versions import ModelVersion
@@ -224,12 +225,23 @@ def read_labels(path: Path) -> list[str]:
     return data
 
 
-def _classifier_name(net: nn.Module) -> str:
+def classifier(name: str, n_classes: int | None = None) -> tuple[nn.Module, str]:
+    """(randomly initialised classifier network `name`, the module name of its last layer),
+    as torchvision's `models.get_model` or timm's `create_model` builds it."""
+    if name in TIMM_BACKBONES:
+        import timm
+
+        spec = TIMM_BACKBONES[name]
+        kw = {} if n_classes is None else {"num_classes": n_classes}
+        net = timm.create_model(spec.arch, pretrained=False, **spec.options, **kw)
+        return net, net.pretrained_cfg["classifier"]
+    net = models.get_model(name, weights=None, **({} if n_classes is None else
+                                                  {"num_classes": n_classes}))
     last = None
-    for name, mod in net.named_modules():
+    for module_name, mod in net.named_modules():
         if isinstance(mod, nn.Linear):
-            last = name
-    return last
+            last = module_name
+    return net, last
 
 
 def split_torchscript(path: Path) -> tuple[str, dict, Head | Ensemble, list[str]]:
@@ -248,22 +260,23 @@ def split_torchscript(path: Path) -> tuple[str, dict, Head | Ensemble, list[str]
 
 def split_state_dict(path: Path, name: str, n_labels: int | None,
                      dropout: float = 0.2) -> tuple[dict, Head]:
-    """(backbone state dict, head) of a torchvision classifier `name` saved as a state dict.
+    """(backbone state dict, head) of a classifier `name` saved as a state dict.
 
-    The file must hold every tensor of `models.get_model(name, num_classes=K)`; its last Linear
+    The file must hold every tensor of torchvision's `models.get_model(name, num_classes=K)` or,
+    for the timm backbones, timm's `create_model` of the same architecture; its last Linear
     layer (the classifier, K outputs) becomes a linear head, the rest the backbone.
     """
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    known = (*TIMM_BACKBONES, *BACKBONES)
+    if name not in known:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(known)}")
     state = read_state_dict(path)
-    net = models.get_model(name, weights=None)
-    fc = _classifier_name(net)
+    _, fc = classifier(name)
     if f"{fc}.weight" not in state:
         raise ValueError(f"{path} is not a {name} classifier: it has no {fc}.weight")
     k = state[f"{fc}.weight"].shape[0]
     if n_labels is not None and n_labels != k:
         raise ValueError(f"{path} has {k} outputs but the labels file names {n_labels} classes")
-    net = models.get_model(name, weights=None, num_classes=k)
+    net, _ = classifier(name, k)
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:

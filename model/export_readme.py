@@ -2,7 +2,7 @@
 
 The ONNX snippet needs only onnxruntime, numpy and Pillow (what a camera-trap pipeline or an
 edge device has), so its preprocessing is written out with Pillow instead of torchvision; it
-reproduces torchvision's resize and centre crop exactly (tests run it).
+reproduces the backbone's resize and centre crop exactly (tests run it).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ Files:
 
 ## Preprocessing
 
-Exactly what the backbone's weights expect (torchvision's `{backbone}` transforms):
+Exactly what the `{backbone}` weights were trained with:
 
 1. decode to RGB;
 2. resize so the shorter side is {resize} pixels ({interpolation} interpolation, antialiased);

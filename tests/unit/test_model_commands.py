@@ -98,6 +98,24 @@ def test_a_torchvision_state_dict_imports_with_its_labels(runtime, tmp_path):
     assert runtime.versions(4).names() == []  # nothing half-imported
 
 
+def test_a_timm_state_dict_of_the_default_backbone_imports(runtime, tmp_path):
+    from model.export import classifier
+
+    torch.manual_seed(2)
+    net, _ = classifier("efficientnet_lite0", 3)
+    torch.save(net.eval().state_dict(), tmp_path / "lite.pth")
+    (tmp_path / "labels.json").write_text(json.dumps(["a", "b", "c"]))
+    out = import_model(runtime, 5, tmp_path / "lite.pth", tmp_path / "labels.json",
+                       "efficientnet_lite0")
+    assert out["backbone"] == "efficientnet_lite0" and out["classes"] == ["a", "b", "c"]
+    images = [png_bytes("red", 1), png_bytes("green", 2)]
+    bb = runtime.backbone_for(5)
+    x = bb.inputs(torch.stack([bb.preprocess(Image.open(io.BytesIO(b))) for b in images]))
+    with torch.no_grad():
+        want = torch.softmax(net(x), 1).numpy()
+    np.testing.assert_allclose(live_probs(runtime, 5, images), want, atol=1e-4)
+
+
 def test_predict_writes_a_csv_and_skips_unreadable_files(trained, tmp_path, capsys):
     folder = tmp_path / "new"
     (folder / "sub").mkdir(parents=True)
