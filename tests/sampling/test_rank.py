@@ -89,10 +89,13 @@ def auto_choice(n_labeled, k, probs=True, embeddings=True, c=4):
     return resolve_auto(n_labeled, k, p, embeddings)
 
 
-def test_auto_herds_with_embeddings_at_every_budget():
-    for n_labeled, k in ((0, 10), (5, 10), (500, 10), (50, 200)):
+def test_auto_covers_the_pool_while_labels_are_few_then_takes_the_margin():
+    for n_labeled, k in ((0, 10), (5, 10), (19, 200)):  # fewer than 5 labels per class (c=4)
         assert auto_choice(n_labeled, k) == "uherding"
-        assert auto_choice(n_labeled, k, probs=False) == "uherding"
+        assert auto_choice(n_labeled, k, probs=False) == "uherding"  # no model: MaxHerding
+    for n_labeled, k in ((20, 10), (500, 10), (50, 200)):
+        assert auto_choice(n_labeled, k) == "margin"
+    assert auto_choice(500, 10, probs=False) == "uherding"  # labels but no model yet
 
 
 def test_auto_falls_back_when_embeddings_are_missing():
@@ -107,11 +110,13 @@ def test_ranking_reports_what_auto_resolved_to():
     p = rng.dirichlet(np.ones(3), size=60)
     x = rng.standard_normal((60, 2))
     assert rank("auto", k=5, labeled=labeled, embeddings=x).strategy == "uherding"
-    labeled[:15] = True
+    labeled[:10] = True  # 10 labels, 3 classes: fewer than 5 per class
     r = rank("auto", k=5, labeled=labeled, probs=p, embeddings=x)
     assert r.strategy == "uherding"
     assert np.array_equal(r.indices, rank("uherding", k=5, labeled=labeled, probs=p,
                                           embeddings=x).indices)
+    labeled[:15] = True
+    assert rank("auto", k=5, labeled=labeled, probs=p, embeddings=x).strategy == "margin"
     r = rank("auto", k=5, labeled=labeled, probs=p)
     assert r.strategy == "margin"
     assert np.array_equal(r.indices, rank("margin", k=5, labeled=labeled, probs=p).indices)
