@@ -85,6 +85,11 @@ class Settings(BaseSettings):
         300, ge=0, description="Seconds between a worker's checks that every project's serving "
         "version has Label Studio's current labels; 0: only `python -m ml_backend reconcile`.",
     )
+    annotations_full_read_every: float = Field(
+        3600, ge=0, description="Seconds after which a worker reads every annotation of a "
+        "project again; in between a retrain reads only the tasks changed since its last read "
+        "while Label Studio's annotation counts agree with what it holds; 0: read all every time.",
+    )
     task_list_max_age: float = Field(
         600, ge=0, description="Seconds a worker reuses its listing of a project's tasks between "
         "retrains (annotated tasks are always read afresh; task imports and deletions re-list "
