@@ -50,10 +50,12 @@ def job_context(job: Job, kind: str, project: int, rt: Runtime) -> StepContext:
     """A step's context inside a job: the job's Redis connection, a stop check that is true
     while a retrain of the project waits, and follow-ups queued on the job's Redis."""
     redis = job.connection
+    state = ProjectQueue(redis, project)
     return StepContext(
         redis=redis, kind=kind,
-        should_stop=lambda: ProjectQueue(redis, project).is_pending("retrain"),
+        should_stop=lambda: state.is_pending("retrain"),
         enqueue_followup=enqueuer(redis, rt.settings),
+        note=lambda what: state.note_doing(what, rt.settings.retrain_lock_ttl),
     )
 
 
@@ -80,6 +82,7 @@ def run(kind: str, project: int, reason: str, step: Step, *, record: bool = True
             entry |= {"status": status, "error": f"{type(exc).__name__}: {exc}"}
             raise
         finally:
+            state.done()
             entry["seconds"] = round(time.time() - entry["started_at"], 3)
             if record or entry["status"] != "finished":
                 state.record(entry)
