@@ -100,8 +100,8 @@ class Runtime:
         with self._lock:
             if (project, bb.fingerprint) not in self._stores:
                 self._stores[project, bb.fingerprint] = EmbeddingStore(
-                    self.settings.model_dir, project, bb.fingerprint, bb.dim
-                )
+                    self.settings.embedding_cache_dir or self.settings.model_dir, project,
+                    bb.fingerprint, bb.dim)
             return self._stores[project, bb.fingerprint]
 
     def serving_version(self, project: int) -> str:
