@@ -38,6 +38,8 @@ def read_began(date: str | None, elapsed: float = 0.0) -> datetime:
         now = parsedate_to_datetime(date or "")
     except (TypeError, ValueError):
         now = datetime.now(timezone.utc)
+    if now.tzinfo is None:  # "-0000": UTC, of unknown origin
+        now = now.replace(tzinfo=timezone.utc)
     return now - timedelta(seconds=elapsed) - CURSOR_MARGIN
 
 

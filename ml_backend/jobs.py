@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from rq import get_current_job
 from rq.job import Job
@@ -119,6 +120,8 @@ def reconcile(project: int, reason: str = "") -> dict:
     """RQ job: `reconcile.check` one project (no lock: it only reads and queues)."""
     job, rt = get_current_job(), runtime()
     ProjectQueue(job.connection, project).clear_pending("reconcile")
-    out = reconciliation.check(rt, project, job_context(job, "reconcile", project, rt))
+    # It holds no lock: what it reads must not replace what the running job says it is doing.
+    ctx = replace(job_context(job, "reconcile", project, rt), note=StepContext().note)
+    out = reconciliation.check(rt, project, ctx)
     log.info("project %s: %s", project, out)
     return out
