@@ -33,6 +33,7 @@ def finetune_backbone(rt: Runtime, project: int, config: FinetuneConfig,
     judge the result) and return the new backbone, saved under MODEL_DIR/backbones/."""
     s = rt.settings
     label_config, pool = read_pool(rt, project, ctx)
+    ctx.note(f"fine-tuning the backbone on {len(pool.labels)} labels")
     with timed(project, "fine-tune backbone") as noted:
         bb = rt.backbone_for(project)
         known = rt.store(project, bb).task_vectors({t: pool.urls[t] for t in pool.labels})

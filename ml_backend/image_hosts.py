@@ -6,11 +6,17 @@ so an entry admits only the ports it names or the scheme's default.
 
 from __future__ import annotations
 
-from urllib.parse import urlparse
+from urllib.parse import urljoin, urlparse
+
+import httpx
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 Origin = tuple[str, str, int]
+
+
+class ImageFetchError(RuntimeError):
+    """An image URL is refused, unreachable or too large; the message says which."""
 
 
 def origins(entry: str) -> set[Origin]:
@@ -27,3 +33,41 @@ def origin_of(url: str) -> Origin:
     parsed = urlparse(url)
     port = parsed.port or DEFAULT_PORTS[parsed.scheme]
     return parsed.scheme, (parsed.hostname or "").lower(), port
+
+
+def allowed_url(url: str, base: str, allowed: set[Origin]) -> str:
+    """`url` made absolute against `base` (Label Studio's URL); ImageFetchError unless its
+    origin is `allowed`."""
+    if not isinstance(url, str) or not url:
+        raise ImageFetchError("task has no image URL")
+    absolute = urljoin(base + "/", url) if url.startswith("/") else url
+    parsed = urlparse(absolute)
+    if parsed.scheme not in ("http", "https"):
+        raise ImageFetchError(f"unsupported image URL scheme {parsed.scheme!r}: {url}")
+    try:
+        ok = origin_of(absolute) in allowed
+    except ValueError:
+        raise ImageFetchError(f"image URL has an invalid port: {url}") from None
+    if not ok:
+        raise ImageFetchError(
+            f"image host {parsed.netloc!r} is not allowed; add it to IMAGE_HOSTS to fetch it")
+    return absolute
+
+
+def download(http: httpx.Client, url: str, headers: dict[str, str], limit: int) -> bytes:
+    """The body of GET `url`, refused (ImageFetchError) past `limit` bytes or on any error."""
+    try:
+        with http.stream("GET", url, headers=headers) as resp:
+            if resp.status_code != 200:
+                raise ImageFetchError(f"GET {url} answered {resp.status_code}")
+            if int(resp.headers.get("content-length") or 0) > limit:
+                raise ImageFetchError(f"image {url} is larger than {limit} bytes")
+            chunks, size = [], 0
+            for chunk in resp.iter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    raise ImageFetchError(f"image {url} is larger than {limit} bytes")
+                chunks.append(chunk)
+            return b"".join(chunks)
+    except httpx.HTTPError as exc:
+        raise ImageFetchError(f"cannot fetch {url}: {exc}") from None

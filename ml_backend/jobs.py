@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from rq import get_current_job
 from rq.job import Job
@@ -50,10 +51,12 @@ def job_context(job: Job, kind: str, project: int, rt: Runtime) -> StepContext:
     """A step's context inside a job: the job's Redis connection, a stop check that is true
     while a retrain of the project waits, and follow-ups queued on the job's Redis."""
     redis = job.connection
+    state = ProjectQueue(redis, project)
     return StepContext(
         redis=redis, kind=kind,
-        should_stop=lambda: ProjectQueue(redis, project).is_pending("retrain"),
+        should_stop=lambda: state.is_pending("retrain"),
         enqueue_followup=enqueuer(redis, rt.settings),
+        note=lambda what: state.note_doing(what, rt.settings.retrain_lock_ttl),
     )
 
 
@@ -80,6 +83,7 @@ def run(kind: str, project: int, reason: str, step: Step, *, record: bool = True
             entry |= {"status": status, "error": f"{type(exc).__name__}: {exc}"}
             raise
         finally:
+            state.done()
             entry["seconds"] = round(time.time() - entry["started_at"], 3)
             if record or entry["status"] != "finished":
                 state.record(entry)
@@ -116,6 +120,8 @@ def reconcile(project: int, reason: str = "") -> dict:
     """RQ job: `reconcile.check` one project (no lock: it only reads and queues)."""
     job, rt = get_current_job(), runtime()
     ProjectQueue(job.connection, project).clear_pending("reconcile")
-    out = reconciliation.check(rt, project, job_context(job, "reconcile", project, rt))
+    # It holds no lock: what it reads must not replace what the running job says it is doing.
+    ctx = replace(job_context(job, "reconcile", project, rt), note=StepContext().note)
+    out = reconciliation.check(rt, project, ctx)
     log.info("project %s: %s", project, out)
     return out

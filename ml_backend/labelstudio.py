@@ -12,15 +12,17 @@ import logging
 import time
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import ExitStack
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urljoin, urlparse
+from urllib.parse import urlparse
 
 import httpx
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
-from ml_backend.image_hosts import origin_of, origins
+from ml_backend.annotation_cache import AnnotatedTasks, Counts, read_began, refresh
+from ml_backend.image_hosts import allowed_url, download, origins
 from ml_backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,13 +34,9 @@ TASK_PAGE_SIZE = 1000
 # the project after each request, so one request of 5,000 is about 4x faster than five of 1,000.
 PREDICTIONS_PER_REQUEST = 10_000
 LONG_TIMEOUT = 600  # seconds for a listing page or an import on a busy Label Studio
+EXPORT_IDS = 500
 # Pauses before trying a prediction's deletion again after a 5xx (SQLite: "database is locked").
 DELETE_PAUSES = (0.5, 1.0, 2.0, 4.0, 8.0)
-
-
-class ImageFetchError(RuntimeError):
-    """An image URL is refused, unreachable or too large; the message says which."""
-
 
 # What to do about an answer, by status code.
 HINTS = {
@@ -64,7 +62,8 @@ class LabelStudioAPI(Protocol):
 
     def project(self, project: int) -> Any: ...
     def label_config(self, project: int) -> str: ...
-    def labelling_tasks(self, project: int, *, token: Hashable | None = None) -> list[dict]: ...
+    def labelling_tasks(self, project: int, *, token: Hashable | None = None,
+                        counts: Counts | None = None) -> list[dict]: ...
     def tasks_lacking(self, project: int, version: str) -> set[int]: ...
     def forget_tasks(self, project: int) -> None: ...
     def fetch_image(self, url: str) -> bytes: ...
@@ -95,6 +94,7 @@ class LabelStudioClient:
         self._allowed_origins = origins(self.url).union(*map(origins, settings.image_hosts))
         # project -> (token, monotonic time listed, [{"id", "data"}]): see `labelling_tasks`.
         self._listings: dict[int, tuple[Hashable, float, list[dict]]] = {}
+        self._annotated: dict[int, AnnotatedTasks] = {}  # project -> see `labelling_tasks`
         # (project, version) -> ids of its predictions still to delete: see delete_model_version.
         self._doomed: dict[tuple[int, str], list[int]] = {}
 
@@ -123,45 +123,71 @@ class LabelStudioClient:
         """Every task of `project` as a plain dict with its annotations and predictions."""
         yield from self.list_tasks(project, fields="all")
 
-    def annotated_tasks(self, project: int) -> list[dict]:
-        """Every task with an annotation (skipped included), with its annotations in full.
-
-        Label Studio's export of finished tasks, the part of a retrain that grows with the
-        labels: twice as fast as the Data Manager's listing (2,000 annotated tasks of 5,000:
-        2.9 s against 6.0 s). Its task data is as imported (cloud URIs unresolved), and it names
-        annotators by user id only: with ANNOTATORS set, `completed_by` becomes {id, email}.
+    def annotated_tasks(self, project: int,
+                        ids: list[int] | None = None) -> tuple[list[dict], datetime]:
+        """Every task with an annotation (skipped included), or those of `ids` that have one,
+        in full, and the time the read began: Label Studio's export of finished tasks, twice as
+        fast as the Data Manager's listing. Its task data is as imported (cloud URIs unresolved);
+        it names annotators by id only: with ANNOTATORS set, `completed_by` becomes {id, email}.
         """
-        resp = self._request("GET", f"/api/projects/{project}/export",
-                             params={"exportType": "JSON", "download_all_tasks": "false"},
-                             timeout=LONG_TIMEOUT)
-        tasks = resp.json()
-        if self.settings.annotators:
+        tasks, began = [], None  # ids travel in the query string, EXPORT_IDS at a time
+        for start in range(0, len(ids), EXPORT_IDS) if ids is not None else [None]:
+            chunk = {} if start is None else {"ids[]": ids[start : start + EXPORT_IDS]}
+            sent = time.monotonic()
+            resp = self._request("GET", f"/api/projects/{project}/export",
+                                 params={"exportType": "JSON", "download_all_tasks": "false",
+                                         **chunk}, timeout=LONG_TIMEOUT)
+            began = began or read_began(resp.headers.get("date"), time.monotonic() - sent)
+            tasks += resp.json()
+        if self.settings.annotators and tasks:
             emails = {u.id: u.email or "" for u in self.sdk.users.list()}
             for annotation in (a for t in tasks for a in t.get("annotations") or []):
                 who = annotation.get("completed_by")
                 if isinstance(who, int):
                     annotation["completed_by"] = {"id": who, "email": emails.get(who, "")}
-        return tasks
+        return tasks, began or read_began(None)
 
-    def labelling_tasks(self, project: int, *, token: Hashable | None = None) -> list[dict]:
+    def changed_tasks(self, project: int, since: datetime) -> tuple[set[int], list[dict], datetime]:
+        """Ids of the tasks with annotations (skipped included) `updated_at` after `since`,
+        those in full, and the time the listing began. (Deleting a prediction bumps `updated_at`
+        too: hence the filter on annotation counts.)"""
+        after = {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime",
+                 "value": since.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
+        items = [after | {"child_filter": {"filter": f"filter:tasks:{column}",
+                                           "operator": "greater", "type": "Number", "value": 0}}
+                 for column in ("total_annotations", "cancelled_annotations")]
+        began: list[datetime] = []
+        ids = {int(t["id"]) for t in self.list_tasks(project, began=began, filters={
+            "conjunction": "or", "items": items})}
+        return ids, self.annotated_tasks(project, sorted(ids))[0] if ids else [], began[0]
+
+    def labelling_tasks(self, project: int, *, token: Hashable | None = None,
+                        counts: Counts | None = None) -> list[dict]:
         """Every task's id and data, with its annotations (empty when it has none); no
         predictions. What a retrain and seeding read.
 
-        Two listings: annotated tasks in full, always afresh (`annotated_tasks`), and every task
-        without annotations and predictions (10 s for 5,000 tasks), whose resolved data is the
-        one used. With a `token` (what the caller knows of the task list: its size, a count of
-        task events), the second is kept and reused while the token is the same, no annotated
-        task is missing from it and it is younger than TASK_LIST_MAX_AGE seconds: a retrain then
-        reads only the annotated tasks.
+        Annotated tasks: with a `token`, this worker's copy brought up to date with what changed
+        and checked against Label Studio's `counts` (`annotation_cache`), else all afresh. Every
+        task without annotations (10 s for 5,000 tasks), whose resolved data is used: with a
+        `token` (the task list's size, a count of task events), kept while the token is the same,
+        no annotated task is missing from it and it is younger than TASK_LIST_MAX_AGE seconds.
         """
-        annotated = {int(t["id"]): t for t in self.annotated_tasks(project)}
+        annotated = {int(t["id"]): t for t in self.annotated_tasks(project)[0]} if token is None \
+            else dict(self._kept_annotations(project, counts).tasks)
         every = self._every_task(project, token)
         if token is not None and not annotated.keys() <= {int(t["id"]) for t in every}:
-            self.forget_tasks(project)  # a task the kept listing lacks: list them again
+            self._listings.pop(project, None)  # a task the kept listing lacks: list them again
             every = self._every_task(project, token)
         tasks = [t | {"annotations": annotated.pop(int(t["id"]), {}).get("annotations") or []}
                  for t in every]
         return tasks + list(annotated.values())  # created between the two listings
+
+    def _kept_annotations(self, project: int, counts: Counts | None) -> AnnotatedTasks:
+        kept = self._annotated[project] = refresh(
+            self._annotated.get(project), counts, self.settings.annotations_full_read_every,
+            lambda: self.annotated_tasks(project), lambda t: self.changed_tasks(project, t))
+        log.info("project %s: annotations read: %s", project, kept.how)
+        return kept
 
     def _every_task(self, project: int, token: Hashable | None) -> list[dict]:
         kept = self._listings.get(project)
@@ -186,26 +212,30 @@ class LabelStudioClient:
         return {int(t["id"]) for t in self.list_tasks(project, filters=lacking)}
 
     def forget_tasks(self, project: int) -> None:
-        """Drop the kept task listing: the next `labelling_tasks` lists every task again."""
+        """Drop the kept task listing and annotations: the next `labelling_tasks` reads every
+        task and annotation again."""
         self._listings.pop(project, None)
+        self._annotated.pop(project, None)
 
-    def list_tasks(self, project: int, *, fields: str | None = None,
-                   filters: dict | None = None) -> Iterator[dict]:
+    def list_tasks(self, project: int, *, fields: str | None = None, filters: dict | None = None,
+                   began: list[datetime] | None = None) -> Iterator[dict]:
         """The project's tasks page by page, as the Data Manager lists them (`fields="all"`:
-        with annotations and predictions; `filters`: a Data Manager filter)."""
-        params: dict = {"project": project, "page_size": TASK_PAGE_SIZE}
-        if fields:
-            params["fields"] = fields
-        if filters:
-            params["query"] = json.dumps({"filters": filters})
+        with annotations and predictions; `filters`: a Data Manager filter; `began` gets the
+        server time the listing began)."""
+        given = {"fields": fields, "query": filters and json.dumps({"filters": filters})}
+        params = {"project": project, "page_size": TASK_PAGE_SIZE} | {
+            k: v for k, v in given.items() if v}
         page, seen = 1, 0
         while True:
+            sent = time.monotonic()
             resp = self._http.get(self.url + "/api/tasks/", params=params | {"page": page},
                                   headers=self._headers(), timeout=LONG_TIMEOUT)
             if resp.status_code == 404 and page > 1:
                 return  # past the last page (tasks deleted meanwhile)
             if resp.status_code >= 400:
                 raise LabelStudioError("GET", "/api/tasks/", resp.status_code, resp.text)
+            if began is not None and page == 1:
+                began.append(read_began(resp.headers.get("date"), time.monotonic() - sent))
             body = resp.json()
             batch = body.get("tasks", []) if isinstance(body, dict) else body
             yield from batch
@@ -358,41 +388,12 @@ class LabelStudioClient:
     # -- images ---------------------------------------------------------------------------
     def resolve(self, url: str) -> str:
         """An absolute URL for task data; refuses hosts outside the allow-list."""
-        if not isinstance(url, str) or not url:
-            raise ImageFetchError("task has no image URL")
-        absolute = urljoin(self.url + "/", url) if url.startswith("/") else url
-        parsed = urlparse(absolute)
-        if parsed.scheme not in ("http", "https"):
-            raise ImageFetchError(f"unsupported image URL scheme {parsed.scheme!r}: {url}")
-        try:
-            allowed = origin_of(absolute) in self._allowed_origins
-        except ValueError:
-            raise ImageFetchError(f"image URL has an invalid port: {url}") from None
-        if not allowed:
-            raise ImageFetchError(
-                f"image host {parsed.netloc!r} is not allowed; add it to IMAGE_HOSTS to fetch it"
-            )
-        return absolute
+        return allowed_url(url, self.url, self._allowed_origins)
 
     def fetch_image(self, url: str) -> bytes:
-        """The bytes behind a task's image URL (uploads, local files, allowed http hosts)."""
+        """The bytes behind a task's image URL (uploads, local files, allowed http hosts); our
+        credentials go only to Label Studio itself."""
         absolute = self.resolve(url)
         own = urlparse(absolute).netloc.lower() == urlparse(self.url).netloc.lower()
-        headers = self._headers() if own else {}
-        limit = self.settings.image_max_bytes
-        try:
-            with self._http.stream("GET", absolute, headers=headers) as resp:
-                if resp.status_code != 200:
-                    raise ImageFetchError(f"GET {url} answered {resp.status_code}")
-                if int(resp.headers.get("content-length") or 0) > limit:
-                    raise ImageFetchError(f"image {url} is larger than {limit} bytes")
-                chunks, size = [], 0
-                for chunk in resp.iter_bytes():
-                    size += len(chunk)
-                    if size > limit:
-                        raise ImageFetchError(f"image {url} is larger than {limit} bytes")
-                    chunks.append(chunk)
-                return b"".join(chunks)
-        except httpx.HTTPError as exc:
-            raise ImageFetchError(f"cannot fetch {url}: {exc}") from None
-
+        return download(self._http, absolute, self._headers() if own else {},
+                        self.settings.image_max_bytes)

@@ -54,6 +54,11 @@ class ProjectQueue:
         return f"al:tasks-changed:{self.project}"
 
     @property
+    def doing_key(self) -> str:
+        """What the running job of the project is doing now, in words (see `note_doing`)."""
+        return f"al:doing:{self.project}"
+
+    @property
     def finetuned_at_key(self) -> str:
         return f"al:finetuned-at:{self.project}"
 
@@ -88,6 +93,17 @@ class ProjectQueue:
 
     def tasks_changed(self) -> bytes | None:
         return self.redis.get(self.tasks_changed_key)
+
+    def note_doing(self, what: str, ttl: int) -> None:
+        """Say what the running job is doing now; forgotten after `ttl` s should it die."""
+        self.redis.set(self.doing_key, what, ex=ttl)
+
+    def doing(self) -> str | None:
+        what = self.redis.get(self.doing_key)
+        return None if what is None else what.decode(errors="replace")
+
+    def done(self) -> None:
+        self.redis.delete(self.doing_key)
 
     def finetuned_at(self) -> int:
         """The number of labels the last fine-tune was queued at."""

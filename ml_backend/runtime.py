@@ -17,6 +17,7 @@ from ml_backend.settings import Settings
 from model.backbone import Backbone, load_backbone
 from model.classes import best_allowed
 from model.embeddings import EmbeddingStore, embed_tasks
+from model.store import check_cache_location
 from model.head import predict_proba
 from model.versions import UNTRAINED, ModelVersion, VersionStore
 
@@ -28,6 +29,8 @@ class Runtime:
     made when first used."""
 
     def __init__(self, settings: Settings, labelstudio: LabelStudioAPI | None = None):
+        # At start, in one line: a cache on a network filesystem would fail at the first image.
+        check_cache_location(settings.embedding_cache_dir or settings.model_dir)
         self.settings = settings
         self._labelstudio = labelstudio
         self._lock = threading.Lock()
@@ -100,8 +103,8 @@ class Runtime:
         with self._lock:
             if (project, bb.fingerprint) not in self._stores:
                 self._stores[project, bb.fingerprint] = EmbeddingStore(
-                    self.settings.model_dir, project, bb.fingerprint, bb.dim
-                )
+                    self.settings.embedding_cache_dir or self.settings.model_dir, project,
+                    bb.fingerprint, bb.dim)
             return self._stores[project, bb.fingerprint]
 
     def serving_version(self, project: int) -> str:

@@ -38,7 +38,12 @@ class Settings(BaseSettings):
         "import-images serves files under it through local-files storage instead of uploading.",
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding the job queue.")
-    model_dir: Path = Field(Path("data/models"), description="Model versions and embeddings.")
+    model_dir: Path = Field(Path("data/models"), description="Model versions (and, unless "
+                            "EMBEDDING_CACHE_DIR says otherwise, the embedding cache).")
+    embedding_cache_dir: Path | None = Field(
+        None, description="Where this machine caches image embeddings (SQLite files, recomputed "
+        "when missing); default MODEL_DIR. With workers on several machines sharing MODEL_DIR, "
+        "a folder on each machine's own disk: the cache refuses a network filesystem.")
     queue_name: str = Field("al-backend", description="RQ queue the worker listens on.")
     gpu_queue_name: str = Field(
         "", description="RQ queue for the jobs that embed images or fine-tune (retrain, "
@@ -84,6 +89,11 @@ class Settings(BaseSettings):
     reconcile_interval: int = Field(
         300, ge=0, description="Seconds between a worker's checks that every project's serving "
         "version has Label Studio's current labels; 0: only `python -m ml_backend reconcile`.",
+    )
+    annotations_full_read_every: float = Field(
+        3600, ge=0, description="Seconds after which a worker reads every annotation of a "
+        "project again; in between a retrain reads only the tasks changed since its last read "
+        "while Label Studio's annotation counts agree with what it holds; 0: read all every time.",
     )
     task_list_max_age: float = Field(
         600, ge=0, description="Seconds a worker reuses its listing of a project's tasks between "

@@ -81,12 +81,14 @@ def queue_state(conn: Redis, settings: Settings, project: int) -> dict:
     running = jobs.is_locked()
     counts = {q: Queue(q, connection=conn).count for q in queues}
     job = _running_job(conn, queues, project) if running else None
+    doing = jobs.doing() if running else None
+    now = f": {doing}" if doing else ""
     summary = []
     if job:
         why = f" ({job['reason']})" if job.get("reason") else ""
-        summary.append(f"{job['kind']} running{_ago(job['since'])}{why}")
+        summary.append(f"{job['kind']} running{_ago(job['since'])}{why}{now}")
     elif running:
-        summary.append("a job holds the project's lock (running)")
+        summary.append(f"a job holds the project's lock (running){now}")
     for kind, reason in pending.items():
         if reason is not None:
             why = reason if kind == "retrain" else ""
@@ -106,6 +108,7 @@ def queue_state(conn: Redis, settings: Settings, project: int) -> dict:
         "deleting_old_versions": pending["prune"] is not None,
         "running": running,
         "running_job": job,
+        "doing": doing,  # what the running job is doing now, in words
         "queued_jobs": waiting,
         "queued_by_queue": counts,
         "summary": summary or ["idle: nothing running or queued"],
@@ -163,6 +166,7 @@ def project_status(rt: Runtime, conn: Redis, project: int) -> dict:
         "labels": held,  # labelled tasks in Label Studio; None when it cannot be asked
         "labels_error": error,
         "labels_trained": versions[-1]["n_labels"] if versions else 0,  # by the newest version
+        "labels_serving": next((v["n_labels"] for v in versions if v["serving"]), 0),
         "queue": queue,
         "jobs": history,
     }

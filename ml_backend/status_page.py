@@ -51,6 +51,9 @@ def _headline(st: dict) -> str:
                   f"<span class='warn'>({escape(st.get('labels_error') or 'not reported')})</span>")
     else:
         labels = f"Label Studio holds <b>{held}</b> labelled tasks"
+        if st["serving_version"]:
+            labels += (f"; the serving version was trained on <b>{st.get('labels_serving') or 0}"
+                       f"</b> of them")
         newest = st["versions"][-1]["version"] if st["versions"] else None
         if newest and held != trained:
             labels += (f"; the newest version ({escape(newest)}) was trained and evaluated on "

@@ -19,6 +19,7 @@ import numpy as np
 from redis import Redis
 
 from ml_backend import publish
+from ml_backend.annotation_cache import Counts
 from ml_backend.label_config import LabelConfig, parse_label_config
 from ml_backend.pool import Pool, build_pool
 from ml_backend.priorities import plan_order
@@ -39,6 +40,10 @@ def _no_followup(kind: str, project: int, reason: str) -> None:
     return None
 
 
+def _unheard(what: str) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class StepContext:
     """What a step may use besides the runtime; the default is the command line's."""
@@ -48,6 +53,8 @@ class StepContext:
     should_stop: Callable[[], bool] = _never  # a retrain is waiting: deleting gives way to it
     # Queue job `kind` for `project` (pruning left to do, a fine-tune due, a retrain needed).
     enqueue_followup: Callable[[str, int, str], dict | None] = _no_followup
+    # Say what the step is doing now, in words (a worker's: for the status page).
+    note: Callable[[str], None] = _unheard
 
 
 @contextmanager
@@ -67,18 +74,29 @@ def read_pool(rt: Runtime, project: int, ctx: StepContext = StepContext(),
     caller already listed them), with the annotation filters every step applies alike.
 
     With a worker's context the listing of every task is kept between jobs while the project's
-    task count and its task events stay the same: see `labelling_tasks`."""
+    task count and its task events stay the same, and only the annotations changed since the
+    last read are read: see `labelling_tasks`."""
+    ctx.note("reading the labels from Label Studio")
     with timed(project, "read pool") as noted:
         info = rt.labelstudio.project(project)
         config = parse_label_config(info.label_config or "")
         if tasks is None:
             token = None if ctx.redis is None else (
                 info.task_number, ProjectQueue(ctx.redis, project).tasks_changed())
-            tasks = rt.labelstudio.labelling_tasks(project, token=token)
+            tasks = rt.labelstudio.labelling_tasks(project, token=token,
+                                                   counts=annotation_counts(info))
         pool = build_pool(tasks, config, annotators=frozenset(rt.settings.annotators),
                           ground_truth_only=rt.settings.ground_truth_only)
         noted |= {"labels": len(pool.labels), "unlabelled": len(pool.unlabeled)}
     return config, pool
+
+
+def annotation_counts(info) -> Counts | None:
+    """Label Studio's counts of a project's submitted and skipped annotations (None when its
+    answer lacks them)."""
+    counts = (getattr(info, "total_annotations_number", None),
+              getattr(info, "skipped_annotations_number", None))
+    return None if None in counts else Counts(*map(int, counts))
 
 
 def trained_digest(rt: Runtime, project: int) -> str | None:
@@ -101,6 +119,7 @@ def retrain(rt: Runtime, project: int, ctx: StepContext = StepContext(), *,
     if not pool.labels:
         log.info("project %s: no usable labels yet (%s)", project, dict(pool.skipped))
         return {"version": None, "n_labels": 0, "skipped": dict(pool.skipped)}
+    ctx.note(f"training a version on {len(pool.labels)} labels")
     name, meta, n_labels = train_version(rt, project, config, pool, digest)
     maybe_finetune(rt, project, ctx, n_labels)
     if not meta["promotion"]["promoted"]:
@@ -110,6 +129,7 @@ def retrain(rt: Runtime, project: int, ctx: StepContext = StepContext(), *,
                 "metrics": meta["metrics"], "promotion": meta["promotion"]}
     # Predictions first, then the pointer /setup reads, then the switch: Label Studio never
     # asks /predict for a version whose priorities are not in place yet.
+    ctx.note(f"publishing the order of {name} to Label Studio")
     queue = publish_order(rt, project, pool, config, name)
     queue |= switch_to(rt, project, name, ctx)
     continue_pruning(project, ctx, queue)
@@ -201,6 +221,7 @@ def push_order(rt: Runtime, project: int, pool: Pool, config: LabelConfig,
 def switch_to(rt: Runtime, project: int, name: str, ctx: StepContext) -> dict:
     """Serve version `name` (the pointer /setup reads), make Label Studio's queue follow its
     order, and delete old versions for one slice."""
+    ctx.note(f"switching Label Studio's queue to {name} and deleting old predictions")
     with timed(project, f"switch to {name}") as noted:
         rt.versions(project).promote(name)
         out = publish.switch(rt, project, name, interrupted=ctx.should_stop)
@@ -217,6 +238,7 @@ def continue_pruning(project: int, ctx: StepContext, queue: dict) -> None:
 def prune(rt: Runtime, project: int, ctx: StepContext = StepContext()) -> dict:
     """Delete old prediction versions for one slice (PRUNE_SLICE_SECONDS), then queue another
     slice while any is left, so retrains queued meanwhile go first."""
+    ctx.note("deleting old prediction versions")
     with timed(project, "prune") as noted:
         stored = rt.labelstudio.model_versions(project)
         deleted, pending = prune_versions(rt, project, rt.serving_version(project), stored,
@@ -238,6 +260,7 @@ def prioritize(rt: Runtime, project: int, ctx: StepContext = StepContext()) -> d
     missing = [t for t in pool.unlabeled if t in lacking]
     if not missing:
         return {"pushed": 0, "version": version}
+    ctx.note(f"giving {len(missing)} new tasks a priority")
     with timed(project, "prioritize new tasks") as noted:
         plan = plan_order(rt, project, pool, config, model,
                           strategy=rt.settings.strategy, k=rt.settings.queue_batch)

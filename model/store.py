@@ -1,15 +1,18 @@
-"""Persistent embedding cache shared by the server and every worker.
+"""Persistent embedding cache shared by the server and the workers of one machine.
 
 One SQLite file per project and backbone fingerprint: a new backbone (or new weights) gets a new
 file, so stale vectors are never mixed in. Vectors are keyed by the image's content hash, and a
 second table remembers which hash a task's image URL had, so a known task is served without
-fetching its image again. SQLite in WAL mode lets several processes read and write at once.
+fetching its image again. SQLite in WAL mode lets several processes read and write at once, on
+one machine only: WAL needs shared memory, which a network filesystem does not give, so a store
+refuses to open on one. Another machine keeps a cache of its own (it is only a cache).
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -17,14 +20,54 @@ from pathlib import Path
 import numpy as np
 
 
+# Filesystem types (as /proc/mounts names them) that are shared over a network.
+NETWORK_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "fuse.glusterfs", "fuse.sshfs",
+    "lustre", "afs", "gpfs", "beegfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.rclone",
+    "fuse.juicefs", "fuse.cephfs"})
+
+
+class UnsafeCacheLocation(ValueError):
+    """The embedding cache was asked to live on a network filesystem."""
+
+
 def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def filesystem_of(path: Path, mounts: str | None = None) -> str:
+    """The type of the filesystem holding `path` by the longest mount point above it in
+    `mounts` (/proc/mounts' text; read when None); "" when unknown."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:
+            return ""
+    target, best, kind = os.path.realpath(path), -1, ""
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) > best:
+            best, kind = len(point), fields[2]
+    return kind
+
+
+def check_cache_location(root: Path, mounts: str | None = None) -> None:
+    """UnsafeCacheLocation when `root` is on a network filesystem."""
+    kind = filesystem_of(root, mounts)
+    if kind in NETWORK_FILESYSTEMS:
+        raise UnsafeCacheLocation(
+            f"the embedding cache {root} is on a network filesystem ({kind}), where SQLite's WAL "
+            "mode corrupts or fails; set EMBEDDING_CACHE_DIR to a folder on this machine's disk")
 
 
 class EmbeddingStore:
     def __init__(self, root: Path, project: int, fingerprint: str, dim: int):
         self.path = Path(root) / "embeddings" / fingerprint / f"project-{project}.sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        check_cache_location(self.path.parent)
         self.dim = dim
         self._lock = threading.Lock()  # one connection, used by the server's request threads
         # Autocommit mode: writes take the write lock up front (BEGIN IMMEDIATE), so two

@@ -9,7 +9,11 @@ Layout under the model dir::
     projects/<id>/serving                   name of the serving version
 
 A version is written into a temporary folder and renamed into place, and the serving pointer is
-replaced atomically, so a crash never leaves a half-written version that gets served.
+replaced atomically, so a crash never leaves a half-written version that gets served. Several
+workers, on several machines, may share the folder (NFS and the like rename atomically too):
+a reader sees a version whole or not at all, and a name is claimed by the rename itself, which
+fails onto a folder that exists, so two workers saving at once get two names. Temporary names
+carry the host as well as the process id.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -102,7 +107,7 @@ class VersionStore:
              tasks: dict[str, list[int]] | None = None) -> str:
         """Write a new version atomically and return its name (never overwrites one)."""
         self.versions_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{_writer()}-", dir=self.root))
         try:
             torch.save(head.state_dict(), tmp / "head.pt")
             if tasks is not None:
@@ -129,7 +134,7 @@ class VersionStore:
 
     def promote(self, name: str) -> None:
         self._check(name)
-        tmp = self.root / f".serving-{os.getpid()}"
+        tmp = self.root / f".serving-{_writer()}"
         tmp.write_text(name)
         os.replace(tmp, self.root / "serving")
 
@@ -137,9 +142,14 @@ class VersionStore:
         """Record a decision about a version (its weights stay immutable)."""
         path = self.versions_dir / name / "meta.json"
         meta = json.loads(path.read_text()) | fields
-        tmp = path.with_suffix(f".tmp-{os.getpid()}")
+        tmp = path.with_suffix(f".tmp-{_writer()}")
         tmp.write_text(json.dumps(meta, indent=2))
         os.replace(tmp, path)
+
+
+def _writer() -> str:
+    """A name for this process's temporary files, unique across the machines sharing the folder."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def projects(model_dir: Path) -> list[int]:

@@ -67,7 +67,7 @@ class FakeLabelStudio:
         for t in self.task_list:
             yield t | {"predictions": [p for p in self.predictions if p["task"] == t["id"]]}
 
-    def labelling_tasks(self, project: int, *, token=None) -> list[dict]:
+    def labelling_tasks(self, project: int, *, token=None, counts=None) -> list[dict]:
         """Like Label Studio's: every task with its annotations, no predictions."""
         if self.down:
             raise ConnectionError("[Errno 111] Connection refused")

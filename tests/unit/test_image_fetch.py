@@ -12,7 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from ml_backend.labelstudio import ImageFetchError, LabelStudioClient
+from ml_backend.image_hosts import ImageFetchError
+from ml_backend.labelstudio import LabelStudioClient
 from ml_backend.runtime import Runtime
 from ml_backend.server import create_app
 from ml_backend.settings import Settings

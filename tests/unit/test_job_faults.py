@@ -77,12 +77,12 @@ class SlowListing:
     def __init__(self, real, redis_url: str):
         self.real, self.redis_url = real, redis_url
 
-    def __call__(self, project, *, token=None):
+    def __call__(self, project, **kw):
         start = time.time()
         time.sleep(0.4)
         Redis.from_url(self.redis_url).rpush("spans", json.dumps([start, time.time(),
                                                                   os.getpid()]))
-        return self.real(project, token=token)
+        return self.real(project, **kw)
 
 
 def test_two_workers_never_retrain_one_project_at_once(settings, queue, redis, worker_runtime,

@@ -57,8 +57,8 @@ class AnnotatorsMeanwhile:
         self.seen: list[str] = []
         self.real = fake_ls.labelling_tasks
 
-    def __call__(self, project, *, token=None):
-        tasks = self.real(project, token=token)
+    def __call__(self, project, **kw):
+        tasks = self.real(project, **kw)
         if not self.seen:
             self.seen.extend(enqueue_retrain(self.redis, self.settings, 1,
                                              "ANNOTATION_CREATED")["status"] for _ in range(4))

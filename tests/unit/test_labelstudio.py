@@ -5,7 +5,9 @@ import httpx
 import pytest
 from label_studio_sdk import LabelStudio
 
-from ml_backend.labelstudio import ImageFetchError, LabelStudioClient, LabelStudioError
+from ml_backend.annotation_cache import read_began
+from ml_backend.image_hosts import ImageFetchError
+from ml_backend.labelstudio import LabelStudioClient, LabelStudioError
 from ml_backend.pool import annotator_ids
 from ml_backend.settings import Settings
 
@@ -91,9 +93,9 @@ def _counting_listing(ls, monkeypatch, light: list[dict], full: list[dict]) -> l
         calls.append("every")
         return iter(list(light))
 
-    def annotated(project):
+    def annotated(project, ids=None):
         calls.append("annotated")
-        return [dict(t) for t in full]
+        return [dict(t) for t in full], read_began(None)
 
     monkeypatch.setattr(ls, "list_tasks", every)
     monkeypatch.setattr(ls, "annotated_tasks", annotated)
@@ -131,7 +133,7 @@ def test_annotated_tasks_come_from_the_export_of_finished_tasks():
         return httpx.Response(404)
 
     ls = client(label_studio_api_key=LEGACY, http=mock(answer))
-    [task] = ls.annotated_tasks(5)
+    [task], _ = ls.annotated_tasks(5)
     assert task["annotations"][0]["completed_by"] == 3  # no ANNOTATORS: no user listing
     assert seen == [("/api/projects/5/export",
                      {"exportType": "JSON", "download_all_tasks": "false"})]
@@ -139,7 +141,7 @@ def test_annotated_tasks_come_from_the_export_of_finished_tasks():
     ls = client(label_studio_api_key=LEGACY, annotators="ann@example.com", http=mock(answer))
     ls.sdk = LabelStudio(base_url="http://ls.test:8080", api_key=LEGACY,
                          httpx_client=httpx.Client(transport=httpx.MockTransport(answer)))
-    [task] = ls.annotated_tasks(5)
+    [task], _ = ls.annotated_tasks(5)
     assert task["annotations"][0]["completed_by"] == {"id": 3, "email": "Ann@example.com"}
     assert annotator_ids(task["annotations"][0]) == {"3", "ann@example.com"}
 

@@ -7,6 +7,7 @@ import io
 import re
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -14,10 +15,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from redis import Redis
-from rq import Queue
+from rq import Queue, SimpleWorker
 
 from ml_backend import steps
 from ml_backend.queue_state import ProjectQueue
+from ml_backend.queueing import enqueue_retrain
 from ml_backend.runtime import Runtime
 from ml_backend.server import create_app
 from ml_backend.status_charts import wilson
@@ -73,8 +75,36 @@ def test_labels_are_what_label_studio_holds_not_what_the_newest_version_saw(
     label_first(fake_ls, 14)  # two submits the worker has not trained on yet
     client = TestClient(create_app(settings, runtime))
     status = client.get("/status/1").json()
-    assert (status["labels"], status["labels_trained"]) == (14, 12)
-    assert "<b>2</b> not in a version yet" in client.get("/").text
+    assert (status["labels"], status["labels_trained"], status["labels_serving"]) == (14, 12, 12)
+    page = client.get("/").text
+    assert "<b>2</b> not in a version yet" in page
+    assert "Label Studio holds <b>14</b> labelled tasks; the serving version was trained on " \
+        "<b>12</b> of them" in page
+
+
+def test_the_page_says_what_the_running_job_is_doing_in_words(settings, fake_ls,
+                                                              worker_runtime):
+    """Asked while a worker's retrain trains (its first image fetch) and after it ended."""
+    client = TestClient(create_app(settings, worker_runtime))
+    seen, lock = [], threading.Lock()
+    fetch = fake_ls.fetch_image
+
+    def fetch_and_look(url):
+        with lock:  # images are fetched in threads
+            if not seen:
+                seen.append(client.get("/status/1").json()["queue"])
+        return fetch(url)
+
+    fake_ls.fetch_image = fetch_and_look
+    conn = Redis.from_url(settings.redis_url)
+    enqueue_retrain(conn, settings, 1, "ANNOTATION_CREATED")
+    SimpleWorker([Queue(settings.queue_name, connection=conn)], connection=conn).work(burst=True)
+    [during] = seen
+    assert during["doing"] == "training a version on 12 labels"
+    assert re.fullmatch(r"retrain running since \d+ s \(ANNOTATION_CREATED\): "
+                        r"training a version on 12 labels", during["summary"][0]), during
+    after = client.get("/status/1").json()["queue"]
+    assert after["doing"] is None and after["summary"] == ["idle: nothing running or queued"]
 
 
 def test_label_studio_down_leaves_the_label_count_unknown_not_the_page(
