@@ -121,7 +121,7 @@ def main() -> None:
     ap.add_argument("--seed-size", type=int, default=20)
     ap.add_argument("--batch", type=int, default=None, help="default: 40 balanced, 20 long tail")
     ap.add_argument("--budget", type=int, default=None,
-                    help="labels at the end (default: 420 balanced, 200 long tail)")
+                    help="labels at the end (default: 1420 balanced, 560 long tail: nearly the whole pool)")
     ap.add_argument("--strategies", default="auto,random")
     ap.add_argument("--features", default=",".join(FEATURES))
     ap.add_argument("--variants", default=",".join(VARIANTS))
@@ -139,7 +139,7 @@ def main() -> None:
             balanced = variant == "balanced"
             config = SimConfig(
                 seed_size=args.seed_size, batch=args.batch or (40 if balanced else 20),
-                budget=100 if args.quick else args.budget or (420 if balanced else 200),
+                budget=100 if args.quick else args.budget or (1420 if balanced else 560),
                 repeats=2 if args.quick else args.repeats, test_fraction=0.2, seed=0,
             )  # fmt: skip
             out = args.work / "out" / f"{kind}-{variant}"
