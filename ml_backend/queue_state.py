@@ -106,6 +106,10 @@ class ProjectQueue:
         self.redis.hset(self.head_key, mapping={"version": version, "pushed": pushed,
                                                 "left": left})
 
+    def clear_head(self) -> None:
+        """The whole order is in Label Studio: nothing to top up."""
+        self.redis.delete(self.head_key)
+
     def head(self) -> dict | None:
         """{"version", "pushed", "left"} of the published head; None when not known (Redis
         was emptied: the next retrain sets it)."""

@@ -220,7 +220,11 @@ def push_order(rt: Runtime, project: int, pool: Pool, config: LabelConfig,
                           k=k or rt.settings.queue_batch)
         pushed = publish.push_head(rt, project, plan, replace=replace)
         if ctx.redis is not None:
-            ProjectQueue(ctx.redis, project).set_head(plan.version, pushed, pushed)
+            head = ProjectQueue(ctx.redis, project)
+            if pushed < len(plan.tasks):
+                head.set_head(plan.version, pushed, pushed)
+            else:
+                head.clear_head()
         noted |= {"version": plan.version, "predictions": pushed, "ranked": len(plan.tasks),
                   "strategy": plan.strategy}
     return {"pushed": pushed, "ranked": len(plan.tasks), "strategy": plan.strategy,
@@ -277,9 +281,10 @@ def topup(rt: Runtime, project: int, ctx: StepContext = StepContext()) -> dict:
         config = parse_label_config(rt.labelstudio.label_config(project))
         pushed = publish.push(rt, project, version,
                               order.predictions(start, stop, version, config))
-    # An exhausted order counts as a full head: no top-up is asked for again and again.
-    ProjectQueue(ctx.redis, project).set_head(
-        version, max(start, stop), left + pushed if stop < len(order) else rt.settings.queue_head)
+    if stop < len(order):
+        ProjectQueue(ctx.redis, project).set_head(version, stop, left + pushed)
+    else:  # the whole order is in Label Studio now
+        ProjectQueue(ctx.redis, project).clear_head()
     log.info("project %s: topped up %s with %d predictions (places %d-%d)", project, version,
              pushed, start, stop)
     return {"pushed": pushed, "version": version}
