@@ -34,10 +34,12 @@ def push(rt: Runtime, project: int, version: str, predictions: list[dict], *,
     return ls.import_predictions(project, predictions)
 
 
-def push_head(rt: Runtime, project: int, plan: Plan, *, replace: bool = False) -> int:
-    """Keep the plan's whole order (`orders`) and push its head, the first QUEUE_HEAD."""
+def push_head(rt: Runtime, project: int, plan: Plan, *, replace: bool = False,
+              head: int | None = None) -> int:
+    """Keep the plan's whole order (`orders`) and push its head, the first `head` (by default
+    QUEUE_HEAD)."""
     orders.save(rt.settings, project, plan.version, plan.predictions)
-    return push(rt, project, plan.version, plan.predictions[: rt.settings.queue_head],
+    return push(rt, project, plan.version, plan.predictions[: head or rt.settings.queue_head],
                 replace=replace)
 
 

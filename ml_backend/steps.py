@@ -298,7 +298,10 @@ def prioritize(rt: Runtime, project: int, ctx: StepContext = StepContext()) -> d
     if model is None and version not in rt.labelstudio.model_versions(project):
         return {"pushed": 0, "version": version}  # neither a model nor a seeded order yet
     lacking = rt.labelstudio.tasks_lacking(project, version)
-    missing = [t for t in pool.unlabeled if t in lacking]
+    # Tasks outside the published head lack a prediction on purpose: only new ones get one.
+    order = orders.load(rt.settings, project, version)
+    ranked = set(order.tasks.tolist()) if order is not None else set()
+    missing = [t for t in pool.unlabeled if t in lacking and t not in ranked]
     if not missing:
         return {"pushed": 0, "version": version}
     with timed(project, "prioritize new tasks") as noted:

@@ -12,7 +12,7 @@ from ml_backend import reconcile
 from ml_backend.ownership import ForeignVersion, record_path
 from ml_backend.queue_state import ProjectQueue
 from ml_backend.server import create_app
-from ml_backend.steps import StepContext, retrain, topup
+from ml_backend.steps import StepContext, prioritize, retrain, topup
 from tests.unit.fakes import CONFIG
 
 
@@ -85,6 +85,16 @@ def test_a_queue_head_is_pushed_and_the_rest_predicted_on_its_scale(runtime, fak
     scores = [a["score"] for a in answers]
     assert min(scores) >= head[-1]["score"]  # on the order's scale: after the head
     assert len(set(scores)) == len(scores)  # each its own place, not a class probability
+
+
+def test_only_new_tasks_get_a_priority_not_those_outside_the_head(runtime, fake_ls):
+    runtime.settings.queue_head = 2
+    retrain(runtime, 1)
+    fake_ls.task_list.append({"id": 99, "data": {"image": fake_ls.task_list[0]["data"]["image"]},
+                              "annotations": [], "truth": "red"})
+    assert prioritize(runtime, 1)["pushed"] == 1
+    assert sorted(p["task"] for p in of(fake_ls, "al-v1"))[-1] == 99
+    assert len(of(fake_ls, "al-v1")) == 3
 
 
 def test_a_head_running_low_is_topped_up_from_the_stored_order(runtime, fake_ls, redis_url):
