@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
@@ -123,12 +123,16 @@ class Runtime:
                 self._orders[project] = kept
         return kept[1]
 
-    def priority(self, project: int, version: str, task: int) -> float:
+    def priorities(self, project: int, version: str) -> Callable[[int], float]:
         """A task's score in `version`'s order (lower: served sooner), the scale of the
         predictions pushed; orders.LAST for a task the order does not hold."""
         order = self.order(project, version)
-        score = order.score_of(task) if order is not None else None
-        return orders.LAST if score is None else score
+
+        def score(task: int) -> float:
+            found = order.score_of(task) if order is not None else None
+            return orders.LAST if found is None else found
+
+        return score
 
     def serving_model(self, project: int) -> ModelVersion | None:
         """The serving version, loaded once per process and reloaded when the pointer moves."""
@@ -166,10 +170,10 @@ class Runtime:
         queue."""
         model = self.serving_model(project)
         version = model_name(self.settings, model)
+        priority = self.priorities(project, version)
 
         def empty(task: int) -> dict:
-            return {"result": [], "score": self.priority(project, version, task),
-                    "model_version": version}
+            return {"result": [], "score": priority(task), "model_version": version}
 
         if model is None:
             return [empty(int(task["id"])) for task in tasks]
@@ -191,7 +195,7 @@ class Runtime:
                 break
             by_task[t] = {
                 "result": config.result(model.classes[best[row]]),
-                "score": self.priority(project, version, t),
+                "score": priority(t),
                 "model_version": version,
             }
         return [by_task.get(int(task["id"])) or empty(int(task["id"])) for task in tasks]
