@@ -123,10 +123,12 @@ class Bench:
     def live(self, previous: str, unlabelled: int) -> str | None:
         """The new version once Label Studio serves it for every unlabelled task."""
         version = self.api.get(f"/api/projects/{self.pid}/")["model_version"]
-        if version in (previous, None, "") or version == "untrained":
+        if version in (previous, None, "") or version.endswith("untrained"):
             return None
         stored = self.api.get(f"/api/projects/{self.pid}/model-versions/")
-        return version if stored.get(version) == unlabelled else None
+        # The head of the order (QUEUE_HEAD) is what a retrain stores.
+        head = min(unlabelled, int(os.environ.get("QUEUE_HEAD", "500")))
+        return version if stored.get(version) == head else None
 
     def idle(self) -> dict:
         def check():
@@ -291,7 +293,8 @@ def deletion_rate(env: dict[str, str], pid: int, seconds: float = 30.0) -> str:
 
     client = LabelStudioClient(Settings())
     stored = client.model_versions(pid)
-    oldest = min((v for v in stored if v[1:].isdigit()), key=lambda v: int(v[1:]))
+    ours = [v for v in stored if v.removeprefix("al-")[1:].isdigit()]
+    oldest = min(ours, key=lambda v: int(v.removeprefix("al-")[1:]))
     before = stored[oldest]
     t0 = time.monotonic()
     left = client.delete_model_version(pid, oldest, more=lambda: time.monotonic() - t0 < seconds)

@@ -110,6 +110,11 @@ def prune(project: int, reason: str = "") -> dict:
     return run("prune", project, reason, steps.prune, record=False)
 
 
+def topup(project: int, reason: str = "") -> dict:
+    """RQ job: push the next slice of the serving version's order (the head runs low)."""
+    return run("topup", project, reason, steps.topup)
+
+
 def finetune(project: int, reason: str = "") -> dict:
     """RQ job: fine-tune the project's backbone on its labels, then train a version on it."""
     return run("finetune", project, reason,

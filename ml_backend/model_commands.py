@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ml_backend.ownership import marker
 from ml_backend.runtime import Runtime
 from model.backbone import Backbone, save_weights
 from model.embeddings import embed_files
@@ -124,6 +125,7 @@ def import_model(rt: Runtime, project: int, file: Path, labels: Path | None = No
         "test_metrics": None, "project": project, "imported_from": str(file.resolve()),
         **rt.backbone_meta(bb),
         "promotion": {"promoted": True, "reason": "imported with import-model"},
+        **marker(rt.settings),
     }
     store = rt.versions(project)
     version = store.save(head, meta, {})

@@ -3,8 +3,9 @@
 Label Studio's "Uncertainty sampling" serves the unlabelled task whose prediction of the project's
 `model_version` has the lowest score, respecting task locks (so two annotators never get the same
 task). A plan holds, under one version, one prediction per unlabelled task: its `result` is the
-pre-annotation and its `score` the priority from `sampling.rank`. Putting a plan in Label Studio
-and making the queue follow it is `publish`; deleting old versions is `pruning`.
+pre-annotation and its `score` the priority from `sampling.rank`, every unlabelled task ranked;
+Label Studio gets the head of it (`publish.push_head`). Putting a plan in Label Studio and making
+the queue follow it is `publish`; deleting old versions is `pruning`.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ml_backend.label_config import LabelConfig
+from ml_backend.ownership import model_name
 from ml_backend.pool import Pool
 from ml_backend.runtime import Runtime
 from model.classes import best_allowed
 from model.head import predict_proba
-from model.versions import UNTRAINED, ModelVersion
+from model.versions import ModelVersion
 from sampling import STOCHASTIC_STRATEGIES, rank
 
 # Tasks whose image cannot be loaded still get a prediction (or they would be served before
@@ -54,7 +56,7 @@ def plan_order(
     """Embed the pool, score it with `model` (None before any model) and order the unlabelled."""
     vectors, errors = rt.embed(project, pool.urls, progress=progress)
     ids = [t for t in pool.urls if t in vectors]
-    version = model.name if model else UNTRAINED
+    version = model_name(rt.settings, model)
     predictions: list[dict] = []
     resolved = strategy
     if ids:

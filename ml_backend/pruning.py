@@ -1,4 +1,10 @@
-"""Deleting old prediction versions from Label Studio without blocking annotators."""
+"""Deleting old prediction versions from Label Studio without blocking annotators.
+
+Only versions this backend recorded as its own (`ownership`) are ever deleted: a user's imported
+pre-annotations and other backends' predictions stay, whatever they are named. Each version holds
+the head of its order (QUEUE_HEAD predictions, plus top-ups and on-demand predictions), so
+deleting one costs about QUEUE_HEAD requests, whatever the project's size.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +12,31 @@ import logging
 import time
 from collections.abc import Callable
 
+from ml_backend import orders, ownership
 from ml_backend.runtime import Runtime
-from model.versions import UNTRAINED
 
 log = logging.getLogger(__name__)
 
 
-def stale_versions(rt: Runtime, current: str, stored: dict[str, int]) -> list[str]:
-    """Prediction versions of ours beyond the newest `KEEP_VERSIONS` (`current` always kept),
-    oldest first."""
+def stale_versions(rt: Runtime, project: int, current: str, stored: dict[str, int], *,
+                   live: str | None = None) -> list[str]:
+    """Label Studio versions of ours beyond the newest `KEEP_VERSIONS`, oldest first. Never
+    `current` (the serving pointer), nor `live` (what Label Studio serves: the same, unless a
+    switch failed), nor those pushed after them: a retrain that failed before its switch left
+    them, and its retry publishes them."""
     keep = rt.settings.keep_versions
-    ours = [v for v in stored if v != current and (
-        v == UNTRAINED or (v[:1] == "v" and v[1:].isdigit()))]
-    ours.sort(key=lambda v: -1 if v == UNTRAINED else int(v[1:]))
-    return ours[: max(0, len(ours) - (keep - 1))]
+    names = ownership.record(rt.settings, rt.versions(project)).names
+    kept = {current, live} - {None}
+    first = min((names.index(v) for v in kept if v in names), default=len(names))
+    ours = [v for v in names[:first] if v in stored and v not in kept]
+    return ours[: max(0, len(ours) - (keep - len(kept)))]
+
+
+def forget(rt: Runtime, project: int, versions: list[str]) -> None:
+    """Versions deleted in full: out of the record, their kept orders gone."""
+    if versions:
+        ownership.record(rt.settings, rt.versions(project)).discard(versions)
+        orders.remove(rt.settings, project, versions)
 
 
 def make_room(rt: Runtime, project: int, new: str) -> list[str]:
@@ -29,17 +46,19 @@ def make_room(rt: Runtime, project: int, new: str) -> list[str]:
     Label Studio deletes about 11 predictions a second without blocking annotators (5,000-task
     project, 2 cores); a project that large retraining after every annotation makes them faster
     than that. Then the new order waits for the deletion instead (the old order stays live)."""
-    stale = stale_versions(rt, new, rt.labelstudio.model_versions(project))
+    stale = stale_versions(rt, project, new, rt.labelstudio.model_versions(project))
     backlog = stale[: max(0, len(stale) - rt.settings.keep_versions)]
     for version in backlog:
         log.info("project %s: deleting %s before pushing %s (old versions pile up)",
                  project, version, new)
         rt.labelstudio.delete_model_version(project, version)
+        forget(rt, project, [version])
     return backlog
 
 
 def prune_versions(rt: Runtime, project: int, current: str, stored: dict[str, int], *,
-                   interrupted: Callable[[], bool] = lambda: False) -> tuple[list[str], bool]:
+                   interrupted: Callable[[], bool] = lambda: False,
+                   live: str | None = None) -> tuple[list[str], bool]:
     """Delete stale versions (`stale_versions`) for at most PRUNE_SLICE_SECONDS, and not a
     prediction more once `interrupted()` (a retrain is waiting); the versions deleted in full,
     and whether any is left (the `prune` job goes on with it).
@@ -52,15 +71,18 @@ def prune_versions(rt: Runtime, project: int, current: str, stored: dict[str, in
     def more() -> bool:
         return time.monotonic() < until and not interrupted()
 
-    deleted = []
-    for version in stale_versions(rt, current, stored):
+    deleted: list[str] = []
+    for version in stale_versions(rt, project, current, stored, live=live):
         try:
             left = rt.labelstudio.delete_model_version(project, version, more=more)
         except Exception as exc:  # noqa: BLE001 - any failure: retried by the next slice
             log.warning("project %s: could not delete predictions of %s (retried later): %s",
                         project, version, exc)
+            forget(rt, project, deleted)
             return deleted, True
         if left:
+            forget(rt, project, deleted)
             return deleted, True
         deleted.append(version)
+    forget(rt, project, deleted)
     return deleted, False

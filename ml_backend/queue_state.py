@@ -62,6 +62,12 @@ class ProjectQueue:
     def finetuned_at_key(self) -> str:
         return f"al:finetuned-at:{self.project}"
 
+    @property
+    def head_key(self) -> str:
+        """The head of the order in Label Studio: its version, how far into the order it was
+        pushed, and about how many of its tasks are still unlabelled."""
+        return f"al:head:{self.project}"
+
     # -- pending marks and counters ---------------------------------------------------------
     def mark_pending(self, kind: str, reason: str, ttl: int) -> bool:
         """Mark a job of `kind` as waiting to start; False when one is already."""
@@ -111,6 +117,30 @@ class ProjectQueue:
 
     def set_finetuned_at(self, n_labels: int) -> None:
         self.redis.set(self.finetuned_at_key, n_labels)
+
+    def set_head(self, version: str, pushed: int, left: int) -> None:
+        self.redis.hset(self.head_key, mapping={"version": version, "pushed": pushed,
+                                                "left": left})
+
+    def clear_head(self) -> None:
+        """The whole order is in Label Studio: nothing to top up."""
+        self.redis.delete(self.head_key)
+
+    def head(self) -> dict | None:
+        """{"version", "pushed", "left"} of the published head; None when not known (Redis
+        was emptied: the next retrain sets it)."""
+        raw = self.redis.hgetall(self.head_key)
+        if not raw:
+            return None
+        got = {k.decode(): v.decode() for k, v in raw.items()}
+        return {"version": got.get("version", ""), "pushed": int(got.get("pushed", 0)),
+                "left": int(got.get("left", 0))}
+
+    def take_from_head(self) -> int | None:
+        """An annotation took a task: the head's tasks left, about; None without a head."""
+        if not self.redis.exists(self.head_key):
+            return None
+        return int(self.redis.hincrby(self.head_key, "left", -1))
 
     # -- history -----------------------------------------------------------------------------
     def history(self) -> list[dict]:

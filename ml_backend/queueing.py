@@ -20,7 +20,7 @@ from ml_backend.queue_state import ProjectQueue
 from ml_backend.settings import Settings
 
 JOBS = {kind: f"ml_backend.jobs.{kind}"
-        for kind in ("retrain", "prioritize", "prune", "reconcile", "finetune")}
+        for kind in ("retrain", "prioritize", "prune", "reconcile", "finetune", "topup")}
 # Jobs that embed images (many, on a first retrain or a large import) or fine-tune the backbone.
 GPU_JOBS = frozenset({"retrain", "prioritize", "finetune"})
 

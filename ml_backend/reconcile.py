@@ -4,8 +4,10 @@ Label Studio does not resend a webhook, so an annotation whose webhook found Red
 retrain lost with a killed worker or a Redis restart, or a webhook refused before its secret
 header was set would otherwise never be trained on. Label Studio is the source of truth: a check
 compares the labels a retrain would read now with the labels the newest version was trained on
-(`Pool.digest`, kept in its meta) and queues a retrain where they differ. The retrain itself skips
-work when the labels turn out unchanged, so a check that races a running retrain costs one read.
+(`Pool.digest`, kept in its meta) and queues a retrain where they differ, or where the newest
+promotable version is not live (a retrain failed after saving it: the retrain then finds the
+labels unchanged and publishes that version). The retrain itself skips training when the labels
+turn out unchanged, so a check that races a running retrain costs one read.
 
 Every worker queues a check of each known project (one with a folder under MODEL_DIR: trained,
 or seen by /setup or by a webhook that could not be queued) when it starts and then every
@@ -20,7 +22,7 @@ import threading
 from redis import Redis
 from redis.exceptions import RedisError
 
-from ml_backend.publish import secure_webhooks
+from ml_backend.publish import live_version, secure_webhooks, unpublished
 from ml_backend.pruning import stale_versions
 from ml_backend.queueing import enqueue
 from ml_backend.runtime import Runtime
@@ -41,10 +43,16 @@ def check(rt: Runtime, project: int, ctx: StepContext) -> dict:
     config, pool = read_pool(rt, project, ctx)
     out = {"project": project, "labels": len(pool.labels), "webhooks_secured": secured}
     stored = rt.labelstudio.model_versions(project)
-    if stale_versions(rt, rt.serving_version(project), stored):
+    if stale_versions(rt, project, rt.serving_version(project), stored,
+                      live=live_version(rt, project)):
         out["prune"] = ctx.enqueue_followup("prune", project, REASON)["status"]
-    if not pool.labels or pool.digest(config.classes) == trained_digest(rt, project):
+    if not pool.labels:
         return out | {"status": "in step"}
+    if pool.digest(config.classes) == trained_digest(rt, project):
+        pending = unpublished(rt, project, unlabelled=bool(pool.unlabeled))
+        if pending is None:
+            return out | {"status": "in step"}
+        out["unpublished"] = pending  # the retrain finds the labels unchanged and publishes it
     return out | ctx.enqueue_followup("retrain", project, REASON)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
@@ -12,14 +12,16 @@ from pathlib import Path
 import numpy as np
 
 from ml_backend.label_config import LabelConfig
+from ml_backend import orders
 from ml_backend.labelstudio import LabelStudioAPI, LabelStudioClient
+from ml_backend.ownership import model_name, serving_name
 from ml_backend.settings import Settings
 from model.backbone import Backbone, load_backbone
 from model.classes import best_allowed
 from model.embeddings import EmbeddingStore, embed_tasks
 from model.store import check_cache_location
 from model.head import predict_proba
-from model.versions import UNTRAINED, ModelVersion, VersionStore
+from model.versions import ModelVersion, VersionStore
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ class Runtime:
         self._lock = threading.Lock()
         self._stores: dict[tuple[int, str], EmbeddingStore] = {}
         self._loaded: dict[tuple[int, str], ModelVersion] = {}
+        self._orders: dict[int, tuple[tuple, orders.StoredOrder | None]] = {}
         self._backbones: dict[tuple[str, str], Backbone] = {}
         self._candidates: dict[int, Backbone] = {}
         self._backbone_lock = threading.Lock()  # loading one takes seconds: not under _lock
@@ -108,7 +111,31 @@ class Runtime:
             return self._stores[project, bb.fingerprint]
 
     def serving_version(self, project: int) -> str:
-        return self.versions(project).serving() or UNTRAINED
+        """The serving version's name in Label Studio (what /setup reports)."""
+        return serving_name(self.settings, self.versions(project))
+
+    def order(self, project: int, version: str) -> orders.StoredOrder | None:
+        """The kept order of Label Studio version `version`, read once per process and again
+        when a worker rewrites it."""
+        key = (version, orders.stamp(self.settings, project, version))
+        with self._lock:
+            kept = self._orders.get(project)
+        if kept is None or kept[0] != key:
+            kept = (key, orders.load(self.settings, project, version))
+            with self._lock:
+                self._orders[project] = kept
+        return kept[1]
+
+    def priorities(self, project: int, version: str) -> Callable[[int], float]:
+        """A task's score in `version`'s order (lower: served sooner), the scale of the
+        predictions pushed; orders.LAST for a task the order does not hold."""
+        order = self.order(project, version)
+
+        def score(task: int) -> float:
+            found = order.score_of(task) if order is not None else None
+            return orders.LAST if found is None else found
+
+        return score
 
     def serving_model(self, project: int) -> ModelVersion | None:
         """The serving version, loaded once per process and reloaded when the pointer moves."""
@@ -139,10 +166,20 @@ class Runtime:
         )
 
     def predict(self, project: int, config: LabelConfig, tasks: list[dict]) -> list[dict]:
-        """One Label Studio prediction per task, in order; empty results where none is possible."""
+        """One Label Studio prediction per task, in order; empty results where none is possible.
+
+        `score` is the task's priority in the serving version's order, as in the predictions a
+        retrain pushes: Label Studio puts a prediction it asked for on demand into the same
+        queue."""
         model = self.serving_model(project)
+        version = model_name(self.settings, model)
+        priority = self.priorities(project, version)
+
+        def empty(task: int) -> dict:
+            return {"result": [], "score": priority(task), "model_version": version}
+
         if model is None:
-            return [{"result": [], "score": 0.0, "model_version": UNTRAINED} for _ in tasks]
+            return [empty(int(task["id"])) for task in tasks]
         urls = {}
         for task in tasks:
             url = (task.get("data") or {}).get(config.value_key)
@@ -161,8 +198,7 @@ class Runtime:
                 break
             by_task[t] = {
                 "result": config.result(model.classes[best[row]]),
-                "score": float(probs[row, best[row]]),
-                "model_version": model.name,
+                "score": priority(t),
+                "model_version": version,
             }
-        empty = {"result": [], "score": 0.0, "model_version": model.name}
-        return [by_task.get(int(task["id"]), empty) for task in tasks]
+        return [by_task.get(int(task["id"])) or empty(int(task["id"])) for task in tasks]

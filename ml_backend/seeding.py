@@ -39,6 +39,7 @@ def seed(rt: Runtime, project: int, size: int, method: str = "auto", *, dry_run:
            "chosen": chosen, "urls": [pool.urls[t] for t in chosen],
            "labelled": len(pool.labels), "image_errors": plan.errors, "dry_run": dry_run}
     if not dry_run:
-        out["pushed"] = publish.push(rt, project, plan, replace=True)
+        out["pushed"] = publish.push_head(rt, project, plan, replace=True,
+                                          head=max(size, rt.settings.queue_head))
         out |= publish.switch(rt, project, plan.version)
     return out

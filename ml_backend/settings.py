@@ -108,6 +108,14 @@ class Settings(BaseSettings):
         1, ge=1, description="Retrain after this many new annotations (START_TRAINING always does)."
     )
     keep_versions: int = Field(3, ge=1, description="Prediction versions kept in Label Studio.")
+    queue_head: int = Field(
+        500, ge=1, description="Unlabelled tasks, first in the order, whose predictions a retrain "
+        "stores in Label Studio; the rest are ranked too and predicted on demand (README: sizing).",
+    )
+    version_prefix: str = Field(
+        "al-", pattern=r"^[A-Za-z0-9._-]{1,20}$", description="Prefix of the prediction versions "
+        "this backend creates in Label Studio (al-v3, al-untrained), apart from anyone else's.",
+    )
     prune_slice_seconds: float = Field(
         5, gt=0, description="Seconds a job spends at a time deleting old prediction versions "
         "(one prediction per request, so annotators are never blocked); a `prune` job goes on "

@@ -31,6 +31,7 @@ WAITING_JOBS = {  # pending mark of a job kind -> what it means to a person
     "prune": "deleting old prediction versions",
     "prioritize": "new tasks are waiting for a priority",
     "finetune": "a backbone fine-tune is queued",
+    "topup": "annotators are near the end of the published order: more of it is being pushed",
 }
 
 

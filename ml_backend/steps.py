@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from redis import Redis
 
-from ml_backend import publish
+from ml_backend import orders, ownership, publish
 from ml_backend.annotation_cache import Counts
 from ml_backend.label_config import LabelConfig, parse_label_config
 from ml_backend.pool import Pool, build_pool
@@ -27,7 +27,7 @@ from ml_backend.pruning import make_room, prune_versions
 from ml_backend.queue_state import ProjectQueue
 from ml_backend.runtime import Runtime
 from model.training import train_candidate
-from model.versions import UNTRAINED, ModelVersion
+from model.versions import ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,10 @@ def retrain(rt: Runtime, project: int, ctx: StepContext = StepContext(), *,
     digest = pool.digest(config.classes)
     if not force and pool.labels and digest == trained_digest(rt, project):
         log.info("project %s: labels unchanged since the newest version, no retrain", project)
-        return {"version": None, "unchanged": True, "n_labels": len(pool.labels)}
+        out = {"version": None, "unchanged": True, "n_labels": len(pool.labels)}
+        pending = publish.unpublished(rt, project, unlabelled=bool(pool.unlabeled))
+        return out if pending is None else out | republish(rt, project, ctx, pool, config,
+                                                           pending)
     if not pool.labels:
         log.info("project %s: no usable labels yet (%s)", project, dict(pool.skipped))
         return {"version": None, "n_labels": 0, "skipped": dict(pool.skipped)}
@@ -125,12 +128,15 @@ def retrain(rt: Runtime, project: int, ctx: StepContext = StepContext(), *,
     if not meta["promotion"]["promoted"]:
         log.warning("project %s: %s is not promoted: %s", project, name,
                     meta["promotion"]["reason"])
-        return {"version": name, "promoted": False, "n_labels": n_labels,
-                "metrics": meta["metrics"], "promotion": meta["promotion"]}
+        out = {"version": name, "promoted": False, "n_labels": n_labels,
+               "metrics": meta["metrics"], "promotion": meta["promotion"]}
+        pending = publish.unpublished(rt, project, unlabelled=bool(pool.unlabeled))
+        return out if pending is None else out | republish(rt, project, ctx, pool, config,
+                                                           pending)
     # Predictions first, then the pointer /setup reads, then the switch: Label Studio never
     # asks /predict for a version whose priorities are not in place yet.
     ctx.note(f"publishing the order of {name} to Label Studio")
-    queue = publish_order(rt, project, pool, config, name)
+    queue = publish_order(rt, project, pool, config, name, ctx)
     queue |= switch_to(rt, project, name, ctx)
     continue_pruning(project, ctx, queue)
     log.info("project %s: trained %s on %d labels, serving it", project, name, n_labels)
@@ -162,6 +168,7 @@ def train_version(rt: Runtime, project: int, config: LabelConfig, pool: Pool,
             "labels_digest": digest,
             **rt.backbone_meta(bb),
             "skipped": dict(pool.skipped) | ({"image errors": len(errors)} if errors else {}),
+            **ownership.marker(rt.settings),
         }
         name = rt.versions(project).save(candidate.head, meta, candidate.tasks)
         noted |= {"version": name, "labels": len(tasks),
@@ -194,27 +201,54 @@ def maybe_finetune(rt: Runtime, project: int, ctx: StepContext, n_labels: int) -
 
 
 def publish_order(rt: Runtime, project: int, pool: Pool, config: LabelConfig,
-                  name: str) -> dict:
+                  name: str, ctx: StepContext = StepContext(), *, replace: bool = False) -> dict:
     """Make room (old versions beyond KEEP_VERSIONS), then push version `name`'s order."""
-    made_room = make_room(rt, project, name)
-    queue = push_order(rt, project, pool, config, rt.versions(project).load(name))
+    made_room = make_room(rt, project, ownership.name_of(name, rt.versions(project).meta(name)))
+    queue = push_order(rt, project, pool, config, rt.versions(project).load(name), ctx,
+                       replace=replace)
     queue["made_room"] = made_room
     return queue
 
 
+def republish(rt: Runtime, project: int, ctx: StepContext, pool: Pool, config: LabelConfig,
+              name: str) -> dict:
+    """Publish again the newest promotable version `name`, which a failed retrain saved but
+    left unpublished or half published: its order (unless Label Studio serves it already),
+    then the pointer, the switch and the title."""
+    log.warning("project %s: %s was saved but is not live; publishing it", project, name)
+    live = publish.live_version(rt, project)
+    meta = rt.versions(project).meta(name)
+    queue: dict = {}
+    # Its order comes from its own backbone (a fine-tune's, say), not the serving version's.
+    with rt.candidate_backbone(project, rt.backbone_of(meta)):
+        if live != ownership.name_of(name, meta):
+            queue = publish_order(rt, project, pool, config, name, ctx, replace=True)
+        queue |= switch_to(rt, project, name, ctx)
+    continue_pruning(project, ctx, queue)
+    return {"republished": name, "queue": queue}
+
+
 def push_order(rt: Runtime, project: int, pool: Pool, config: LabelConfig,
-               model: ModelVersion | None, *, replace: bool = False,
-               strategy: str | None = None, k: int | None = None) -> dict:
-    """Rank the unlabelled tasks with `model` and push one prediction each (what a retrain and
-    a rollback do before switching the queue); a summary for the job history."""
+               model: ModelVersion | None, ctx: StepContext = StepContext(), *,
+               replace: bool = False, strategy: str | None = None, k: int | None = None) -> dict:
+    """Rank the unlabelled tasks with `model` and push the head of the order (what a retrain
+    and a rollback do before switching the queue); a summary for the job history."""
     with timed(project, "publish order") as noted:
         start = time.perf_counter()
         plan = plan_order(rt, project, pool, config, model,
                           strategy=strategy or rt.settings.strategy,
                           k=k or rt.settings.queue_batch)
-        pushed = publish.push(rt, project, plan, replace=replace)
-        noted |= {"version": plan.version, "predictions": pushed, "strategy": plan.strategy}
-    return {"pushed": pushed, "strategy": plan.strategy, "image_errors": len(plan.errors),
+        pushed = publish.push_head(rt, project, plan, replace=replace)
+        if ctx.redis is not None:
+            head = ProjectQueue(ctx.redis, project)
+            if pushed < len(plan.tasks):
+                head.set_head(plan.version, pushed, pushed)
+            else:
+                head.clear_head()
+        noted |= {"version": plan.version, "predictions": pushed, "ranked": len(plan.tasks),
+                  "strategy": plan.strategy}
+    return {"pushed": pushed, "ranked": len(plan.tasks), "strategy": plan.strategy,
+            "image_errors": len(plan.errors),
             "order_seconds": round(time.perf_counter() - start, 3)}
 
 
@@ -223,8 +257,10 @@ def switch_to(rt: Runtime, project: int, name: str, ctx: StepContext) -> dict:
     order, and delete old versions for one slice."""
     ctx.note(f"switching Label Studio's queue to {name} and deleting old predictions")
     with timed(project, f"switch to {name}") as noted:
-        rt.versions(project).promote(name)
-        out = publish.switch(rt, project, name, interrupted=ctx.should_stop)
+        store = rt.versions(project)
+        store.promote(name)
+        out = publish.switch(rt, project, ownership.name_of(name, store.meta(name)),
+                             interrupted=ctx.should_stop)
         noted |= {"old versions deleted": len(out["deleted_versions"])}
     return out
 
@@ -242,22 +278,52 @@ def prune(rt: Runtime, project: int, ctx: StepContext = StepContext()) -> dict:
     with timed(project, "prune") as noted:
         stored = rt.labelstudio.model_versions(project)
         deleted, pending = prune_versions(rt, project, rt.serving_version(project), stored,
-                                          interrupted=ctx.should_stop)
+                                          interrupted=ctx.should_stop,
+                                          live=publish.live_version(rt, project))
         noted |= {"deleted": len(deleted), "more left": pending}
     result = {"deleted_versions": deleted, "prune_pending": pending}
     continue_pruning(project, ctx, result)
     return result
 
 
+def topup(rt: Runtime, project: int, ctx: StepContext = StepContext()) -> dict:
+    """Push the next slice of the serving version's order when annotators worked through most
+    of its head before a retrain landed (once the head is labelled, Label Studio's stream turns
+    random): as many as fill the head to QUEUE_HEAD again. Costs one import, no ranking."""
+    version = rt.serving_version(project)
+    order = orders.load(rt.settings, project, version)
+    head = ProjectQueue(ctx.redis, project).head() if ctx.redis is not None else None
+    if order is None or head is None or head["version"] != version:
+        return {"pushed": 0, "version": version}
+    left = max(0, head["left"])
+    start = head["pushed"]
+    stop = min(len(order), start + rt.settings.queue_head - left)
+    pushed = 0
+    if stop > start:
+        config = parse_label_config(rt.labelstudio.label_config(project))
+        pushed = publish.push(rt, project, version,
+                              order.predictions(start, stop, version, config))
+    if stop < len(order):
+        ProjectQueue(ctx.redis, project).set_head(version, stop, left + pushed)
+    else:  # the whole order is in Label Studio now
+        ProjectQueue(ctx.redis, project).clear_head()
+    log.info("project %s: topped up %s with %d predictions (places %d-%d)", project, version,
+             pushed, start, stop)
+    return {"pushed": pushed, "version": version}
+
+
 def prioritize(rt: Runtime, project: int, ctx: StepContext = StepContext()) -> dict:
     """New tasks get a priority under the serving version, so they are not starved."""
     config, pool = read_pool(rt, project, ctx)
     model = rt.serving_model(project)
-    version = model.name if model else UNTRAINED
+    version = ownership.model_name(rt.settings, model)
     if model is None and version not in rt.labelstudio.model_versions(project):
         return {"pushed": 0, "version": version}  # neither a model nor a seeded order yet
     lacking = rt.labelstudio.tasks_lacking(project, version)
-    missing = [t for t in pool.unlabeled if t in lacking]
+    # Tasks outside the published head lack a prediction on purpose: only new ones get one.
+    order = orders.load(rt.settings, project, version)
+    ranked = set(order.tasks.tolist()) if order is not None else set()
+    missing = [t for t in pool.unlabeled if t in lacking and t not in ranked]
     if not missing:
         return {"pushed": 0, "version": version}
     ctx.note(f"giving {len(missing)} new tasks a priority")
@@ -265,8 +331,8 @@ def prioritize(rt: Runtime, project: int, ctx: StepContext = StepContext()) -> d
         plan = plan_order(rt, project, pool, config, model,
                           strategy=rt.settings.strategy, k=rt.settings.queue_batch)
         wanted = set(missing)
-        plan.predictions = [p for p in plan.predictions if p["task"] in wanted]
-        pushed = publish.push(rt, project, plan)
+        pushed = publish.push(rt, project, version,
+                              [p for p in plan.predictions if p["task"] in wanted])
         noted |= {"version": version, "predictions": pushed}
     return {"pushed": pushed, "version": version, "strategy": plan.strategy}
 
@@ -282,9 +348,10 @@ def rollback(rt: Runtime, project: int, name: str, ctx: StepContext = StepContex
     before = store.serving()
     model = store.load(name)  # refuses unknown names and unreadable heads before anything changes
     config, pool = read_pool(rt, project, ctx)
-    queue = push_order(rt, project, pool, config, model, replace=True)
+    queue = push_order(rt, project, pool, config, model, ctx, replace=True)
     store.promote(name)
     store.update_meta(name, rolled_back_at=time.time(), rolled_back_from=before)
-    queue |= publish.switch(rt, project, name, interrupted=ctx.should_stop)
+    queue |= publish.switch(rt, project, ownership.model_name(rt.settings, model),
+                            interrupted=ctx.should_stop)
     log.info("project %s: rolled back from %s to %s", project, before, name)
     return {"project": project, "serving": name, "was": before, "pushed": queue["pushed"]}

@@ -134,8 +134,8 @@ def round_trip(c: Containers, api: LSApi, images: Path, truth: dict[str, str]) -
     for task_id in labelled:
         api.annotate(task_id, project.truth[task_id])
     status = wait_for_idle_version(c, project.id, len(labelled), timeout=TRAIN_TIMEOUT)
-    version = status["serving_version"]
-    assert version, status
+    version = "al-" + status["serving_version"]  # its name in Label Studio
+    assert status["serving_version"], status
     passed(f"{len(labelled)} annotations -> webhooks -> the worker container trained {version}")
     unlabeled = [t for t in project.task_ids if t not in labelled]
     retrieve_predictions(project, unlabeled)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
 from ml_backend.label_config import UnsupportedConfig, parse_label_config
+from ml_backend.ownership import name_of, untrained_name
 from ml_backend.queue_state import ProjectQueue
 from ml_backend.queueing import enqueue, enqueue_retrain
 from ml_backend.routes.deps import (
@@ -28,7 +29,7 @@ from ml_backend.routes.deps import (
     project_id,
     remember,
 )
-from model.versions import UNTRAINED, projects
+from model.versions import projects
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,8 @@ def webhook(event: WebhookEvent, settings: SettingsDep, rt: RuntimeDep, redis: R
             outcome = enqueue(redis, settings, "prioritize", project, event.action)
         else:
             outcome = enqueue_retrain(redis, settings, project, event.action)
+            if event.action == "ANNOTATION_CREATED":
+                topup_when_low(redis, settings, project)
     except RedisError as exc:
         metrics.webhooks.labels("redis_down").inc()
         remember(rt, project)  # reconciliation retrains it once Redis is back
@@ -154,6 +157,14 @@ def webhook(event: WebhookEvent, settings: SettingsDep, rt: RuntimeDep, redis: R
     return JSONResponse(outcome)
 
 
+def topup_when_low(redis: RedisDep, settings: SettingsDep, project: int) -> None:
+    """An annotation took a task of the head; below half of QUEUE_HEAD left, queue a top-up so
+    the label stream keeps following the order until the next retrain lands."""
+    left = ProjectQueue(redis, project).take_from_head()
+    if left is not None and left <= settings.queue_head // 2:
+        enqueue(redis, settings, "topup", project, f"{max(left, 0)} tasks left in the head")
+
+
 @router.get("/metrics")
 def metrics(app_metrics: MetricsDep) -> Response:
     return Response(generate_latest(app_metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -162,5 +173,7 @@ def metrics(app_metrics: MetricsDep) -> Response:
 @router.get("/versions")
 def versions(settings: SettingsDep, rt: RuntimeDep, project: str | None = None) -> dict:
     ids = [project_id(project)] if project else projects(settings.model_dir)
-    names = [name for p in ids for name in rt.versions(p).names()]
-    return {"versions": names or [UNTRAINED], "model_version": names[-1] if names else UNTRAINED}
+    names = [name_of(name, store.meta(name)) for store in map(rt.versions, ids)
+             for name in store.names()]
+    untrained = untrained_name(settings)
+    return {"versions": names or [untrained], "model_version": names[-1] if names else untrained}

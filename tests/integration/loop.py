@@ -13,7 +13,14 @@ from .dataset import LSProject
 from .procs import REPO_ROOT, wait_until
 
 TRAIN_TIMEOUT = 180.0
+# The backend's prediction versions in Label Studio are named apart (VERSION_PREFIX).
+UNTRAINED = "al-untrained"
 SEED_TIMEOUT = 300.0  # a fresh process imports torch and embeds every image
+
+
+def served_name(status: dict[str, Any]) -> str:
+    """The Label Studio name of the version /status says serves (`v3` -> `al-v3`)."""
+    return "al-" + status["serving_version"]
 
 
 def connect_backend(project: LSProject, backend: Backend, title: str = "al-backend") -> dict:

@@ -12,7 +12,7 @@ import pytest
 
 from .dataset import CLASSES
 from .labelstudio import LSApiError
-from .loop import project_webhooks, retrieve_predictions, wait_for_idle_version
+from .loop import project_webhooks, retrieve_predictions, served_name, wait_for_idle_version
 from .procs import wait_until
 from .stack import start_stack
 
@@ -77,7 +77,7 @@ def test_annotations_before_the_webhook_is_secured_are_trained_too(ls_project, s
     # Label Studio's own /predict call carries the basic auth too.
     retrieve_predictions(ls_project, [ls_project.tasks_of("red")[3]])
     preds = api.predictions(ls_project.tasks_of("red")[3])
-    assert any(p["model_version"] == status["serving_version"] for p in preds), preds
+    assert any(p["model_version"] == served_name(status) for p in preds), preds
 
 
 def test_start_training_reaches_the_webhook_with_basic_auth(ls_project, secured):
@@ -91,4 +91,4 @@ def test_start_training_reaches_the_webhook_with_basic_auth(ls_project, secured)
     assert [j["reason"] for j in status["jobs"]] == ["START_TRAINING"], status["jobs"]
     assert status["jobs"][0]["status"] == "finished", status["jobs"]
     # Keeping the title equal to the version re-checks the connection, with our credentials.
-    assert ls_project.api.get(f"/api/ml/{ml['id']}")["title"] == status["serving_version"]
+    assert ls_project.api.get(f"/api/ml/{ml['id']}")["title"] == served_name(status)

@@ -20,7 +20,7 @@ from redis import Redis
 from ml_backend.queue_state import ProjectQueue
 
 from .labelstudio import ADMIN_EMAIL, ADMIN_PASSWORD
-from .loop import connect_backend, wait_for_idle_version
+from .loop import connect_backend, served_name, wait_for_idle_version
 
 pytestmark = pytest.mark.integration
 
@@ -70,8 +70,8 @@ def test_label_all_tasks_serves_the_backends_choice_preselected(
     for task in labelled:
         api.annotate(task, ls_project.truth[task])
     status = wait_for_idle_version(backend, project, len(labelled))
-    version = status["serving_version"]
-    assert version and api.get(f"/api/projects/{project}/")["model_version"] == version
+    version = served_name(status)
+    assert api.get(f"/api/projects/{project}/")["model_version"] == version
 
     queue = _queue(api, [t for t in ls_project.task_ids if t not in labelled], version)
     (s1, first, guess), (s2, second, _) = queue[:2]

@@ -82,7 +82,7 @@ def test_a_worker_killed_while_writing_a_version_leaves_nothing_half_written(
     assert (tmp_path / "backend" / "models").as_posix() in half_written
     status = stack.status(ls_project.id)
     assert status["serving_version"] is None and status["versions"] == [], status
-    assert stack.setup_version(ls_project.id, ls_project.raw["label_config"]) == "untrained"
+    assert stack.setup_version(ls_project.id, ls_project.raw["label_config"]) == "al-untrained"
     lock_ttl = redis.Redis.from_url(redis_url).ttl(f"al:retrain-lock:{ls_project.id}")
     assert 0 < lock_ttl <= 10  # the dead worker's lock, expiring on its own
 
@@ -91,7 +91,7 @@ def test_a_worker_killed_while_writing_a_version_leaves_nothing_half_written(
     status = wait_for_idle_version(stack, ls_project.id, n_labels=len(labelled))
     assert [v["version"] for v in status["versions"]] == ["v1"]
     retrieve_predictions(ls_project, [t for t in ls_project.task_ids if t not in labelled][:3])
-    assert any(p["model_version"] == "v1"
+    assert any(p["model_version"] == "al-v1"
                for t in ls_project.task_ids for p in ls_project.api.predictions(t))
 
 
@@ -104,7 +104,7 @@ def test_label_studio_unreachable_during_a_retrain_fails_visibly_and_keeps_the_o
     connect_backend(ls_project, stack)
     first = label_some(ls_project, per_class=1)
     wait_for_idle_version(stack, ls_project.id, n_labels=len(first))
-    assert ls_project.api.get(f"/api/projects/{ls_project.id}")["model_version"] == "v1"
+    assert ls_project.api.get(f"/api/projects/{ls_project.id}")["model_version"] == "al-v1"
 
     proxy.down()  # Label Studio goes away for the backend; annotators still reach it
     cut = time.time()
@@ -130,8 +130,8 @@ def test_label_studio_unreachable_during_a_retrain_fails_visibly_and_keeps_the_o
         assert j["error"], j
     assert all(a == ["retrying", "retrying", "failed"] for a in attempts.values()), attempts
     assert stack.status(ls_project.id)["serving_version"] == "v1"
-    assert ls_project.api.get(f"/api/projects/{ls_project.id}")["model_version"] == "v1"
-    assert stack.setup_version(ls_project.id, ls_project.raw["label_config"]) == "v1"
+    assert ls_project.api.get(f"/api/projects/{ls_project.id}")["model_version"] == "al-v1"
+    assert stack.setup_version(ls_project.id, ls_project.raw["label_config"]) == "al-v1"
     assert jobs[0]["error"] in html.unescape(stack.http.get("/").text)
 
     # Label Studio is back; the reconcile command finds the labels no version has seen.
@@ -144,4 +144,4 @@ def test_label_studio_unreachable_during_a_retrain_fails_visibly_and_keeps_the_o
         return serving and serving[-1]["n_labels"] == len(first) + len(second)
 
     wait_until(trained, 180, 1.0, "a version with every label")
-    assert ls_project.api.get(f"/api/projects/{ls_project.id}")["model_version"] == "v2"
+    assert ls_project.api.get(f"/api/projects/{ls_project.id}")["model_version"] == "al-v2"

@@ -9,7 +9,9 @@ from .loop import (
     connect_backend,
     project_webhooks,
     retrains,
+    UNTRAINED,
     retrieve_predictions,
+    served_name,
     timed,
     wait_for_idle_version,
 )
@@ -42,7 +44,7 @@ def test_annotations_retrain_and_predictions_reach_label_studio(ls_project, back
     api = ls_project.api
     label_config = ls_project.raw["label_config"]
     assert backend.status(ls_project.id)["serving_version"] is None
-    assert backend.setup_version(ls_project.id, label_config) == "untrained"
+    assert backend.setup_version(ls_project.id, label_config) == UNTRAINED
 
     ml = connect_backend(ls_project, backend)
     assert ml["url"] == backend.url
@@ -61,6 +63,7 @@ def test_annotations_retrain_and_predictions_reach_label_studio(ls_project, back
     # Below the promotion rule's minimum held-out size a new version always serves.
     assert version == status["versions"][-1]["version"], status["versions"]
     assert version.startswith("v") and version[1:].isdigit(), status
+    version = served_name(status)  # its name in Label Studio
     assert backend.setup_version(ls_project.id, label_config) == version
     jobs = retrains(status)
     assert jobs and all(j["status"] == "finished" for j in jobs), status["jobs"]

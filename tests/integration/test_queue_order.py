@@ -20,8 +20,10 @@ from .dataset import CLASSES, IMAGE_SIZE, IMAGE_SUBDIR, local_files_url
 from .labelstudio import LSApi, sign_up
 from .loop import (
     TRAIN_TIMEOUT,
+    UNTRAINED,
     connect_backend,
     run_seed,
+    served_name,
     served_order,
     wait_for_idle_version,
 )
@@ -30,7 +32,6 @@ from .procs import wait_until
 pytestmark = pytest.mark.integration
 
 UNCERTAINTY = "Uncertainty sampling"
-UNTRAINED = "untrained"
 SEED_SIZE = 6
 
 
@@ -122,8 +123,8 @@ def test_seeded_order_is_served_then_each_retrain_reorders_it(ls_project, backen
     labelled.append(task["id"])
 
     status = wait_for_idle_version(backend, pid, n_labels=len(labelled))
-    version = status["serving_version"]
-    assert version == status["versions"][-1]["version"] != UNTRAINED, status["versions"]
+    assert status["serving_version"] == status["versions"][-1]["version"], status["versions"]
+    version = served_name(status)
     new_order = assert_queue_follows(ls_project, backend, version, set(labelled))
     assert UNTRAINED in api.get(f"/api/projects/{pid}/model-versions/")  # within KEEP_VERSIONS
 
@@ -144,7 +145,7 @@ def test_two_annotators_never_get_the_same_task(ls_project, backend, label_studi
     connect_backend(ls_project, backend)
     labelled = set(_annotate_one_per_class(ls_project))
     status = wait_for_idle_version(backend, pid, n_labels=len(labelled))
-    order = assert_queue_follows(ls_project, backend, status["serving_version"], labelled)
+    order = assert_queue_follows(ls_project, backend, served_name(status), labelled)
 
     other = LSApi(label_studio.url, sign_up(api, "annotator2@example.com", "annotator-2-pw-123"))
     users = {"admin": api, "annotator2": other}
@@ -189,7 +190,7 @@ def test_imported_task_gets_a_priority_of_the_serving_version(ls_project, backen
     connect_backend(ls_project, backend)
     labelled = set(_annotate_one_per_class(ls_project))
     status = wait_for_idle_version(backend, pid, n_labels=len(labelled))
-    version = status["serving_version"]
+    version = served_name(status)
     assert_queue_follows(ls_project, backend, version, labelled)
     before = [j for j in status["jobs"] if j.get("kind") == "prioritize"]
 
@@ -216,7 +217,7 @@ def test_imported_task_gets_a_priority_of_the_serving_version(ls_project, backen
                              and j.get("pushed") == 1 for j in done) else None  # fmt: skip
 
     status = wait_until(recorded, 60, 0.5, "the TASKS_CREATED job in the history")
-    assert status["serving_version"] == version
+    assert served_name(status) == version
 
     ls_project.truth[new] = "red"
     order = assert_queue_follows(ls_project, backend, version, labelled)
@@ -229,5 +230,5 @@ def test_imported_task_gets_a_priority_of_the_serving_version(ls_project, backen
     api.annotate(other, ls_project.truth[other])
     labelled.add(other)
     status = wait_for_idle_version(backend, pid, n_labels=len(labelled))
-    assert status["serving_version"] != version
-    assert new in assert_queue_follows(ls_project, backend, status["serving_version"], labelled)
+    assert served_name(status) != version
+    assert new in assert_queue_follows(ls_project, backend, served_name(status), labelled)

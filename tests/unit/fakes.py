@@ -21,8 +21,8 @@ class FakeLabelStudio:
         self.predictions: list[dict] = []
         self.sampling: dict = {"sampling": "Sequential sampling", "model_version": ""}
         self.backends: list[dict] = [
-            {"id": 1, "url": "http://backend:9090", "project": 1, "title": "untrained",
-             "model_version": "untrained"},
+            {"id": 1, "url": "http://backend:9090", "project": 1, "title": "al-untrained",
+             "model_version": "al-untrained"},
             {"id": 2, "url": "http://other:9090", "project": 1, "title": "someone else's",
              "model_version": "x"},
         ]
@@ -58,7 +58,8 @@ class FakeLabelStudio:
         labelled = sum(any(not a.get("was_cancelled") for a in t["annotations"])
                        for t in self.task_list)
         return SimpleNamespace(label_config=self.config, task_number=len(self.task_list),
-                               num_tasks_with_annotations=labelled)
+                               num_tasks_with_annotations=labelled,
+                               model_version=self.sampling["model_version"])
 
     def label_config(self, project: int) -> str:
         return self.project(project).label_config

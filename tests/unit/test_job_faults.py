@@ -111,7 +111,7 @@ def test_two_workers_never_retrain_one_project_at_once(settings, queue, redis, w
 def test_label_studio_down_retries_then_fails_visibly_and_the_old_order_stays(
         settings, runtime, fake_ls, queue, redis, work):
     retrain(runtime, 1)
-    assert fake_ls.sampling["model_version"] == "v1"
+    assert fake_ls.sampling["model_version"] == "al-v1"
     runtime.settings = Settings(**(settings.model_dump() | {"job_retries": 2,
                                                             "job_retry_delay": 1}))
     fake_ls.down = True
@@ -129,8 +129,8 @@ def test_label_studio_down_retries_then_fails_visibly_and_the_old_order_stays(
     assert [h["status"] for h in history] == ["failed", "retrying", "retrying"]
     assert all("Connection refused" in h["error"] for h in history)
     # The previous version keeps serving and keeps ordering Label Studio's queue.
-    assert runtime.versions(1).names() == ["v1"] and runtime.serving_version(1) == "v1"
-    assert fake_ls.sampling == {"sampling": "Uncertainty sampling", "model_version": "v1"}
+    assert runtime.versions(1).names() == ["v1"] and runtime.serving_version(1) == "al-v1"
+    assert fake_ls.sampling == {"sampling": "Uncertainty sampling", "model_version": "al-v1"}
     client = TestClient(create_app(settings, runtime))
     status = client.get("/status/1").json()
     assert status["serving_version"] == "v1" and status["jobs"][0]["status"] == "failed"

@@ -185,7 +185,7 @@ def test_finetune_job_trains_a_version_on_a_new_backbone(settings, fake_ls, monk
 
     task = next(t for t in fake_ls.task_list if not t["annotations"])
     (pred,) = rt.predict(1, parse_label_config(config), [task])
-    assert pred["model_version"] == "v2" and pred["result"]
+    assert pred["model_version"] == "al-v2" and pred["result"]
     # The pool now lives in the fine-tuned backbone's store.
     assert rt.store(1).path.parent.name == tuned["backbone_fingerprint"]
 

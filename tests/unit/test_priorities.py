@@ -17,20 +17,20 @@ def unlabelled(fake_ls):
 def test_a_retrain_gives_every_unlabelled_task_a_prediction_of_the_new_version(runtime, fake_ls):
     result = retrain(runtime, 1)
     assert result["queue"]["pushed"] == len(unlabelled(fake_ls)) == 6
-    preds = [p for p in fake_ls.predictions if p["model_version"] == "v1"]
+    preds = [p for p in fake_ls.predictions if p["model_version"] == "al-v1"]
     assert {p["task"] for p in preds} == unlabelled(fake_ls)
     assert all(0 <= p["score"] <= 1 and p["result"] for p in preds)
-    assert fake_ls.sampling == {"sampling": "Uncertainty sampling", "model_version": "v1"}
+    assert fake_ls.sampling == {"sampling": "Uncertainty sampling", "model_version": "al-v1"}
     # Our backend's title follows the version; another backend is left alone.
-    assert [b["title"] for b in fake_ls.backends] == ["v1", "someone else's"]
+    assert [b["title"] for b in fake_ls.backends] == ["al-v1", "someone else's"]
 
 
 def test_each_retrain_reorders_under_a_new_version_and_prunes_old_ones(runtime, fake_ls):
     runtime.settings.keep_versions = 2
     for _ in range(3):
         retrain(runtime, 1)
-    assert set(fake_ls.model_versions(1)) == {"v2", "v3"}
-    assert fake_ls.sampling["model_version"] == "v3"
+    assert set(fake_ls.model_versions(1)) == {"al-v2", "al-v3"}
+    assert fake_ls.sampling["model_version"] == "al-v3"
 
 
 def test_a_failed_deletion_of_an_old_version_leaves_the_new_order_live(runtime, fake_ls):
@@ -46,38 +46,38 @@ def test_a_failed_deletion_of_an_old_version_leaves_the_new_order_live(runtime, 
     fake_ls.delete_model_version = busy
     result = retrain(runtime, 1)
     assert result["queue"]["deleted_versions"] == []
-    assert fake_ls.sampling["model_version"] == "v2"
+    assert fake_ls.sampling["model_version"] == "al-v2"
     fake_ls.delete_model_version = delete
     result = retrain(runtime, 1)
-    assert result["queue"]["made_room"] + result["queue"]["deleted_versions"] == ["v1", "v2"]
-    assert set(fake_ls.model_versions(1)) == {"v3"}
+    assert result["queue"]["made_room"] + result["queue"]["deleted_versions"] == ["al-v1", "al-v2"]
+    assert set(fake_ls.model_versions(1)) == {"al-v3"}
 
 
 def test_labelling_removes_a_task_from_the_next_order(runtime, fake_ls):
     retrain(runtime, 1)
-    first = fake_ls.queue("v1")[0]
+    first = fake_ls.queue("al-v1")[0]
     task = next(t for t in fake_ls.task_list if t["id"] == first)
     task["annotations"] = [fake_ls.annotation(task["truth"], first)]
     retrain(runtime, 1)
-    assert first not in fake_ls.queue("v2")
-    assert len(fake_ls.queue("v2")) == 5
+    assert first not in fake_ls.queue("al-v2")
+    assert len(fake_ls.queue("al-v2")) == 5
 
 
 def test_a_task_with_a_broken_image_is_served_last(runtime, fake_ls):
     broken = next(t for t in fake_ls.task_list if not t["annotations"])
     fake_ls.images[broken["data"]["image"]] = b"broken"
     retrain(runtime, 1)
-    assert fake_ls.queue("v1")[-1] == broken["id"]
+    assert fake_ls.queue("al-v1")[-1] == broken["id"]
 
 
 def test_seed_queues_the_chosen_subset_first_without_pre_annotations(runtime, fake_ls):
     for t in fake_ls.task_list:
         t["annotations"] = []
     out = seed(runtime, 1, 3, "kcenter", progress=False)
-    assert len(out["chosen"]) == 3 and out["version"] == "untrained"
-    assert fake_ls.queue("untrained")[:3] == out["chosen"]
+    assert len(out["chosen"]) == 3 and out["version"] == "al-untrained"
+    assert fake_ls.queue("al-untrained")[:3] == out["chosen"]
     assert all(p["result"] == [] for p in fake_ls.predictions)
-    assert fake_ls.sampling["model_version"] == "untrained"
+    assert fake_ls.sampling["model_version"] == "al-untrained"
     again = seed(runtime, 1, 3, "kcenter", progress=False)
     assert again["chosen"] == out["chosen"]
     assert len(fake_ls.predictions) == len(fake_ls.task_list)  # replaced, not duplicated
@@ -108,8 +108,8 @@ def test_new_tasks_get_a_priority_under_the_serving_version(runtime, fake_ls):
            "annotations": [], "truth": "red"}
     fake_ls.task_list.append(new)
     result = prioritize(runtime, 1)
-    assert result == {"pushed": 1, "version": "v1", "strategy": result["strategy"]}
-    assert 99 in fake_ls.queue("v1")
+    assert result == {"pushed": 1, "version": "al-v1", "strategy": result["strategy"]}
+    assert 99 in fake_ls.queue("al-v1")
     assert prioritize(runtime, 1)["pushed"] == 0  # idempotent
 
 
@@ -131,7 +131,7 @@ def test_tasks_the_annotation_filters_leave_out_are_not_queued(runtime, fake_ls)
     runtime.settings.annotators = ["7"]
     result = retrain(runtime, 1)
     assert result["n_labels"] == 6
-    queued = {p["task"] for p in fake_ls.predictions if p["model_version"] == "v1"}
+    queued = {p["task"] for p in fake_ls.predictions if p["model_version"] == "al-v1"}
     assert queued == unlabelled(fake_ls)
 
 
@@ -148,11 +148,11 @@ def test_a_large_old_version_is_deleted_in_slices_by_prune_jobs(settings, worker
     for _ in range(2):
         enqueue(redis, settings, "retrain", 1, "START_TRAINING")
         SimpleWorker([queue], connection=redis).work(burst=True, max_jobs=1)
-    assert fake_ls.model_versions(1) == {"v1": 4, "v2": 6}  # one slice done in the retrain
+    assert fake_ls.model_versions(1) == {"al-v1": 4, "al-v2": 6}  # one slice done in the retrain
     assert queue.count == 1 and queue.jobs[0].func_name == "ml_backend.jobs.prune"
     enqueue(redis, settings, "retrain", 1, "START_TRAINING")  # an annotation meanwhile
     SimpleWorker([queue], connection=redis).work(burst=True)
-    assert set(fake_ls.model_versions(1)) == {"v3"}
+    assert set(fake_ls.model_versions(1)) == {"al-v3"}
     assert [h["kind"] for h in ProjectQueue(redis, 1).history()] == ["retrain"] * 3
     assert not ProjectQueue(redis, 1).is_pending("prune")
 
@@ -167,15 +167,16 @@ def test_deleting_old_versions_gives_way_to_a_waiting_retrain_but_never_piles_up
     for _ in range(3):
         retrain(runtime, 1)
     stored = fake_ls.model_versions(1)
-    assert stale_versions(runtime, "v3", stored) == ["v1"]
+    assert stale_versions(runtime, 1, "al-v3", stored) == ["al-v1"]
     fake_ls.deletes_per_call = 10**9
-    deleted, pending = prune_versions(runtime, 1, "v3", stored, interrupted=lambda: True)
+    deleted, pending = prune_versions(runtime, 1, "al-v3", stored, interrupted=lambda: True)
     assert (deleted, pending) == ([], True) and fake_ls.model_versions(1) == stored
 
     fake_ls.deletes_per_call = 0
     for _ in range(3):
         result = retrain(runtime, 1)
-        stale = stale_versions(runtime, result["version"], fake_ls.model_versions(1))
+        stale = stale_versions(runtime, 1, "al-" + result["version"],
+                               fake_ls.model_versions(1))
         assert len(stale) <= runtime.settings.keep_versions, stale
-    assert result["queue"]["made_room"] == ["v2"]
-    assert set(fake_ls.model_versions(1)) == {"v3", "v4", "v5", "v6"}  # 2 kept, 2 waiting
+    assert result["queue"]["made_room"] == ["al-v2"]
+    assert set(fake_ls.model_versions(1)) == {"al-v3", "al-v4", "al-v5", "al-v6"}  # 2 kept, 2 waiting

@@ -124,9 +124,9 @@ def test_old_versions_left_over_are_queued_for_deletion(ctx, runtime, fake_ls, r
     fake_ls.deletes_per_call = 0  # Label Studio too busy to delete anything
     retrain(runtime, 1)
     retrain(runtime, 1)
-    assert set(fake_ls.model_versions(1)) == {"v1", "v2"}
+    assert set(fake_ls.model_versions(1)) == {"al-v1", "al-v2"}
     assert reconcile.check(runtime, 1, ctx)["prune"] == "queued"
     fake_ls.deletes_per_call = 10**9
     work()
-    assert set(fake_ls.model_versions(1)) == {"v2"}
+    assert set(fake_ls.model_versions(1)) == {"al-v2"}
     assert "prune" not in reconcile.check(runtime, 1, ctx)

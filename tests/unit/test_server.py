@@ -34,9 +34,9 @@ def test_health_and_index(client):
 def test_setup_reports_untrained_then_the_serving_version(client, runtime):
     body = {"project": "1.1700000000", "schema": CONFIG, "hostname": "http://localhost:8080",
             "access_token": "x", "extra_params": None}
-    assert client.post("/setup", json=body).json() == {"model_version": "untrained"}
+    assert client.post("/setup", json=body).json() == {"model_version": "al-untrained"}
     retrain(runtime, 1)
-    assert client.post("/setup", json=body | {"extra_params": "{}"}).json() == {"model_version": "v1"}
+    assert client.post("/setup", json=body | {"extra_params": "{}"}).json() == {"model_version": "al-v1"}
 
 
 def test_setup_refuses_unsupported_configs_with_a_named_reason(client):
@@ -45,10 +45,10 @@ def test_setup_refuses_unsupported_configs_with_a_named_reason(client):
     assert "Labels" in res.json()["detail"]
 
 
-def test_predict_before_any_model_answers_empty_results(client, fake_ls):
+def test_predict_before_any_model_answers_empty_results_served_last(client, fake_ls):
     res = client.post("/predict", json=predict_body(fake_ls, [1, 2]))
     assert res.status_code == 200
-    assert res.json()["results"] == [{"result": [], "score": 0.0, "model_version": "untrained"}] * 2
+    assert res.json()["results"] == [{"result": [], "score": 1.0, "model_version": "al-untrained"}] * 2
 
 
 def test_predict_answers_each_task_in_order_with_choice_and_score(client, trained, fake_ls):
@@ -58,7 +58,7 @@ def test_predict_answers_each_task_in_order_with_choice_and_score(client, traine
     truth = {t["id"]: t["truth"] for t in fake_ls.task_list}
     correct = 0
     for tid, entry in zip(ids, res):
-        assert entry["model_version"] == "v1"
+        assert entry["model_version"] == "al-v1"
         assert 0.0 <= entry["score"] <= 1.0
         (region,) = entry["result"]
         assert (region["from_name"], region["to_name"], region["type"]) == ("colour", "img", "choices")
@@ -70,8 +70,8 @@ def test_a_broken_image_gets_an_empty_result_and_the_others_are_predicted(client
     body = predict_body(fake_ls, [5, 6])
     body["tasks"][0]["data"]["image"] = "/data/local-files/?d=missing.png"
     res = client.post("/predict", json=body).json()["results"]
-    assert res[0]["result"] == [] and res[0]["model_version"] == "v1"
-    assert res[1]["result"] and res[1]["model_version"] == "v1"
+    assert res[0]["result"] == [] and res[0]["model_version"] == "al-v1"
+    assert res[1]["result"] and res[1]["model_version"] == "al-v1"
 
 
 def test_predict_serves_a_cached_task_without_fetching(client, trained, fake_ls):
@@ -147,8 +147,8 @@ def test_status_versions_and_metrics(client, trained):
     status = client.get("/status/1").json()
     assert status["serving_version"] == "v1" and status["labels"] == 12
     assert status["versions"][0]["metrics"]["accuracy"] is not None
-    assert client.get("/versions").json()["versions"] == ["v1"]
-    assert client.get("/versions", params={"project": "1.1"}).json()["model_version"] == "v1"
+    assert client.get("/versions").json()["versions"] == ["al-v1"]
+    assert client.get("/versions", params={"project": "1.1"}).json()["model_version"] == "al-v1"
     client.get("/health")
     assert 'al_requests_total{endpoint="health"}' in client.get("/metrics").text
     assert client.get("/status/2").json()["serving_version"] is None

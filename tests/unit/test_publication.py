@@ -1,0 +1,167 @@
+"""Publishing an order: only our own versions, the head of the order, and a retrain that failed
+half way published by its retry (against the fake Label Studio; tests/integration has the real
+one)."""
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+from redis import Redis
+
+from ml_backend import reconcile
+from ml_backend.ownership import ForeignVersion, record_path
+from ml_backend.queue_state import ProjectQueue
+from ml_backend.server import create_app
+from ml_backend.steps import StepContext, prioritize, retrain, topup
+from tests.unit.fakes import CONFIG
+
+
+def foreign(fake_ls, version: str, n: int = 3) -> list[dict]:
+    """Predictions a user imported under `version`."""
+    preds = [{"task": t["id"], "result": [], "score": 0.5, "model_version": version}
+             for t in fake_ls.task_list[:n]]
+    fake_ls.predictions += [dict(p) for p in preds]
+    return preds
+
+
+def of(fake_ls, version: str) -> list[dict]:
+    return [p for p in fake_ls.predictions if p["model_version"] == version]
+
+
+def test_foreign_versions_named_like_ours_survive_retrains_and_pruning(runtime, fake_ls):
+    runtime.settings.keep_versions = 1
+    theirs = {v: foreign(fake_ls, v) for v in ("v1", "v2", "untrained")}
+    for _ in range(3):
+        retrain(runtime, 1)
+    for version, preds in theirs.items():
+        assert of(fake_ls, version) == preds, version
+    assert set(fake_ls.model_versions(1)) == {"v1", "v2", "untrained", "al-v3"}
+    assert fake_ls.sampling["model_version"] == "al-v3"
+
+
+def test_a_push_into_a_version_someone_else_holds_is_refused(runtime, fake_ls):
+    theirs = foreign(fake_ls, "al-v1")
+    with pytest.raises(ForeignVersion, match="'al-v1'.*did not create"):
+        retrain(runtime, 1)
+    assert fake_ls.predictions == theirs
+    assert fake_ls.sampling["model_version"] == ""
+
+
+def test_versions_an_older_release_pushed_are_still_ours(runtime, fake_ls):
+    """Before VERSION_PREFIX, versions were pushed as `v<N>` and seeds as `untrained`: those
+    of a project's own versions are still recognised, retitled away from and deleted."""
+    retrain(runtime, 1)
+    store = runtime.versions(1)
+    path = store.versions_dir / "v1" / "meta.json"
+    meta = json.loads(path.read_text())
+    del meta["label_studio_prefix"]  # as an older release wrote it
+    path.write_text(json.dumps(meta))
+    record_path(runtime.settings, 1).unlink()
+    for p in fake_ls.predictions:
+        p["model_version"] = "v1"
+    foreign(fake_ls, "untrained")  # the old seed
+    fake_ls.sampling["model_version"] = "v1"
+    fake_ls.backends[0] |= {"title": "v1", "model_version": "v1"}
+    assert runtime.serving_version(1) == "v1"  # /setup goes on answering what LS serves
+
+    runtime.settings.keep_versions = 1
+    retrain(runtime, 1)
+    assert set(fake_ls.model_versions(1)) == {"al-v2"}
+    assert [b["title"] for b in fake_ls.backends] == ["al-v2", "someone else's"]
+
+
+def test_a_queue_head_is_pushed_and_the_rest_predicted_on_its_scale(runtime, fake_ls):
+    runtime.settings.queue_head = 2
+    result = retrain(runtime, 1)
+    assert (result["queue"]["pushed"], result["queue"]["ranked"]) == (2, 6)
+    head = sorted(of(fake_ls, "al-v1"), key=lambda p: p["score"])
+    rest = [t["id"] for t in fake_ls.task_list
+            if not t["annotations"] and t["id"] not in {p["task"] for p in head}]
+    client = TestClient(create_app(runtime.settings, runtime))
+    body = {"tasks": [{"id": t, "data": {"image": fake_ls.task_list[t - 1]["data"]["image"]}}
+                      for t in rest], "project": "1.1", "label_config": CONFIG}
+    answers = client.post("/predict", json=body).json()["results"]
+    assert all(a["model_version"] == "al-v1" and a["result"] for a in answers)
+    scores = [a["score"] for a in answers]
+    assert min(scores) >= head[-1]["score"]  # on the order's scale: after the head
+    assert len(set(scores)) == len(scores)  # each its own place, not a class probability
+
+
+def test_only_new_tasks_get_a_priority_not_those_outside_the_head(runtime, fake_ls):
+    runtime.settings.queue_head = 2
+    retrain(runtime, 1)
+    fake_ls.task_list.append({"id": 99, "data": {"image": fake_ls.task_list[0]["data"]["image"]},
+                              "annotations": [], "truth": "red"})
+    assert prioritize(runtime, 1)["pushed"] == 1
+    assert sorted(p["task"] for p in of(fake_ls, "al-v1"))[-1] == 99
+    assert len(of(fake_ls, "al-v1")) == 3
+
+
+def test_a_head_running_low_is_topped_up_from_the_stored_order(runtime, fake_ls, redis_url):
+    redis = Redis.from_url(redis_url)
+    runtime.settings.queue_head = 2
+    ctx = StepContext(redis=redis)
+    retrain(runtime, 1, ctx)
+    first = [p["task"] for p in sorted(of(fake_ls, "al-v1"), key=lambda p: p["score"])]
+    client = TestClient(create_app(runtime.settings, runtime))
+    event = {"action": "ANNOTATION_CREATED", "project": 1, "annotation": {"id": 1}}
+    assert client.post("/webhook", json=event).status_code == 200
+    assert ProjectQueue(redis, 1).is_pending("topup")  # 1 of 2 left: half the head
+    out = topup(runtime, 1, ctx)
+    assert out == {"pushed": 1, "version": "al-v1"}
+    order = [p["task"] for p in of(fake_ls, "al-v1")]
+    assert order[:2] == first and len(order) == 3
+    new = of(fake_ls, "al-v1")[-1]
+    assert new["score"] >= max(p["score"] for p in of(fake_ls, "al-v1")[:2]) and new["result"]
+
+
+FAULTS = {
+    # step -> (fake Label Studio method, fails before or after doing its work)
+    "after save": ("import_predictions", "before"),
+    "during push": ("import_predictions", "half"),
+    "before switch": ("serve_by_priority", "before"),
+    "after switch": ("serve_by_priority", "after"),
+    "during pruning": ("delete_model_version", "before"),
+}
+
+
+@pytest.mark.parametrize("step", FAULTS)
+def test_a_retrain_failing_at_any_step_is_published_by_its_retry(step, runtime, fake_ls,
+                                                                 redis_url):
+    runtime.settings.keep_versions = 1
+    retrain(runtime, 1)
+    method, when = FAULTS[step]
+    real = getattr(fake_ls, method)
+
+    def failing(project, arg, *args, **kwargs):
+        setattr(fake_ls, method, real)  # once
+        if when == "half":
+            real(project, arg[: len(arg) // 2])
+        elif when == "after":
+            real(project, arg, *args, **kwargs)
+        raise ConnectionError(f"Label Studio went away ({step})")
+
+    setattr(fake_ls, method, failing)
+    task = next(t for t in fake_ls.task_list if not t["annotations"])
+    task["annotations"] = [fake_ls.annotation(task["truth"], task["id"])]
+    try:
+        retrain(runtime, 1)
+    except ConnectionError:
+        assert step != "during pruning"  # deleting is best effort: the job succeeds
+    redis = Redis.from_url(redis_url)
+    queued = []
+    ctx = StepContext(redis=redis, enqueue_followup=lambda *a: queued.append(a) or {
+        "status": "queued"})
+    if step != "during pruning":
+        assert reconcile.check(runtime, 1, ctx)["unpublished"] == "v2"
+        # The version Label Studio still serves is never deleted; after the switch it may be.
+        kinds = [kind for kind, _, _ in queued]
+        assert kinds == (["prune", "retrain"] if step == "after switch" else ["retrain"])
+    out = retrain(runtime, 1, ctx, force=False)  # the retry, or reconcile's retrain
+    assert out["unchanged"] and runtime.versions(1).names() == ["v1", "v2"]
+    assert runtime.serving_version(1) == "al-v2"
+    assert fake_ls.sampling["model_version"] == "al-v2"
+    assert [b["title"] for b in fake_ls.backends][0] == "al-v2"
+    unlabelled = {t["id"] for t in fake_ls.task_list if not t["annotations"]}
+    assert sorted(p["task"] for p in of(fake_ls, "al-v2")) == sorted(unlabelled)
+    assert "unpublished" not in reconcile.check(runtime, 1, ctx)
