@@ -282,15 +282,10 @@ STOCHASTIC_STRATEGIES: frozenset[str] = frozenset(
 )
 
 
-AUTO_COVERAGE_PER_CLASS = 5  # labels per class below which ``auto`` still seeks coverage
-
-
 def resolve_auto(n_labeled: int, k: int, probs: np.ndarray | None, has_embeddings: bool) -> str:
     """The concrete strategy ``auto`` runs; the rule and its evidence are in the module doc."""
     if probs is None:
-        return "uherding" if has_embeddings else "random"  # uherding without a model: MaxHerding
-    if has_embeddings and n_labeled < AUTO_COVERAGE_PER_CLASS * probs.shape[1]:
-        return "uherding"
+        return "maxherding" if has_embeddings else "random"
     return "margin"
 
 

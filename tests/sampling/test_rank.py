@@ -89,13 +89,11 @@ def auto_choice(n_labeled, k, probs=True, embeddings=True, c=4):
     return resolve_auto(n_labeled, k, p, embeddings)
 
 
-def test_auto_covers_the_pool_while_labels_are_few_then_takes_the_margin():
-    for n_labeled, k in ((0, 10), (5, 10), (19, 200)):  # fewer than 5 labels per class (c=4)
-        assert auto_choice(n_labeled, k) == "uherding"
-        assert auto_choice(n_labeled, k, probs=False) == "uherding"  # no model: MaxHerding
-    for n_labeled, k in ((20, 10), (500, 10), (50, 200)):
+def test_auto_covers_the_pool_before_a_model_then_takes_the_margin():
+    for n_labeled, k in ((0, 10), (5, 10), (500, 10)):
+        assert auto_choice(n_labeled, k, probs=False) == "maxherding"  # no model yet
+    for n_labeled, k in ((0, 10), (19, 200), (500, 10), (50, 200)):
         assert auto_choice(n_labeled, k) == "margin"
-    assert auto_choice(500, 10, probs=False) == "uherding"  # labels but no model yet
 
 
 def test_auto_falls_back_when_embeddings_are_missing():
@@ -109,13 +107,10 @@ def test_ranking_reports_what_auto_resolved_to():
     labeled = np.zeros(60, dtype=bool)
     p = rng.dirichlet(np.ones(3), size=60)
     x = rng.standard_normal((60, 2))
-    assert rank("auto", k=5, labeled=labeled, embeddings=x).strategy == "uherding"
-    labeled[:10] = True  # 10 labels, 3 classes: fewer than 5 per class
-    r = rank("auto", k=5, labeled=labeled, probs=p, embeddings=x)
-    assert r.strategy == "uherding"
-    assert np.array_equal(r.indices, rank("uherding", k=5, labeled=labeled, probs=p,
-                                          embeddings=x).indices)
-    labeled[:15] = True
+    r = rank("auto", k=5, labeled=labeled, embeddings=x)
+    assert r.strategy == "maxherding"
+    assert np.array_equal(r.indices, rank("maxherding", k=5, labeled=labeled, embeddings=x).indices)
+    labeled[:10] = True
     assert rank("auto", k=5, labeled=labeled, probs=p, embeddings=x).strategy == "margin"
     r = rank("auto", k=5, labeled=labeled, probs=p)
     assert r.strategy == "margin"

@@ -112,7 +112,7 @@ def test_seed_batch_without_a_model_follows_ranks_rules(sim):
     first = {(r["strategy"], r["repeat"]): r["selected_by"] for r in result.rows if r["round"] == 0}
     later = {r["selected_by"] for r in result.rows if r["strategy"] == "margin" and r["round"] > 0}
     for rep in range(CONFIG.repeats):
-        assert first[("auto", rep)] == "uherding"  # maxherding while there is no model
+        assert first[("auto", rep)] == "maxherding"  # coverage while there is no model
         assert first[("margin", rep)] == "random"  # needs probabilities: random seed batch
     assert later == {"margin"}
 
