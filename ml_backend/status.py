@@ -16,6 +16,7 @@ from rq import Queue
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 
+from ml_backend.ownership import name_of
 from ml_backend.queue_state import ProjectQueue
 from ml_backend.queueing import job_owner
 from ml_backend.runtime import Runtime
@@ -133,6 +134,7 @@ def metrics_note(meta: dict) -> str | None:
 def version_entry(name: str, meta: dict, serving: str | None) -> dict:
     return {
         "version": name,
+        "label_studio_version": name_of(name, meta),  # the name its predictions have there
         "serving": name == serving,
         "n_labels": meta.get("n_labels"),
         "n_heldout": (meta.get("metrics") or {}).get("n", 0),
@@ -163,6 +165,8 @@ def project_status(rt: Runtime, conn: Redis, project: int) -> dict:
     return {
         "project": project,
         "serving_version": serving,
+        "serving_label_studio_version": next(
+            (v["label_studio_version"] for v in versions if v["serving"]), None),
         "versions": versions,
         "labels": held,  # labelled tasks in Label Studio; None when it cannot be asked
         "labels_error": error,

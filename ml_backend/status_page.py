@@ -31,6 +31,7 @@ STYLE = """
  table.confusion td { width: 2.6em; text-align: center; }
  .badge { background: #1f77b4; color: #fff; border-radius: 4px; padding: 1px 6px; }
  .warn { color: #a15c00; }
+ .muted { color: #666; font-size: 0.9em; }
 """
 
 
@@ -135,6 +136,9 @@ def _versions(st: dict) -> str:
         iv = accuracy_interval(v.get("metrics"))
         acc = f"{iv[0]:.2f} ({iv[1]:.2f}–{iv[2]:.2f})" if iv else ""
         serving = " (serving)" if v["serving"] else ""
+        if v.get("label_studio_version", v["version"]) != v["version"]:
+            serving += (f" <span class='muted'>{escape(v['label_studio_version'])} in Label "
+                        f"Studio</span>")
         rows.append(
             f"<tr class='{'serving' if v['serving'] else ''}'>"
             f"<td class='nowrap'>{escape(v['version'])}{serving}</td>"

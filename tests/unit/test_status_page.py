@@ -34,11 +34,13 @@ def test_status_lists_versions_with_metrics_and_the_curve_is_drawn(trained_app):
     status = client.get("/status/1").json()
     assert [v["n_labels"] for v in status["versions"]] == [6, 12, 18]
     assert status["serving_version"] == "v3"
+    assert status["serving_label_studio_version"] == "al-v3"  # its predictions' model_version
     res = client.get("/status/1/curve.png")
     assert res.headers["content-type"] == "image/png"
     assert blue_pixels(res.content) > 50  # the line is there
     page = client.get("/").text
-    assert "v3 (serving)" in page and "/status/1/curve.png" in page
+    assert "v3 (serving) <span class='muted'>al-v3 in Label Studio</span>" in page
+    assert "/status/1/curve.png" in page
 
 
 def test_a_failed_job_shows_its_error_escaped(settings, runtime, trained_app):
