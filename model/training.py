@@ -10,7 +10,7 @@ import numpy as np
 
 from model.evaluation import evaluate, predict_classes
 from model.head import EPOCHS, WEIGHT_DECAY, Ensemble, Head, predict_proba, train_ensemble, train_head
-from model.promotion import decide
+from model.promotion import decide, worse_share
 from model.versions import ModelVersion
 
 TRAIN, VAL, TEST = "train", "val", "test"
@@ -177,5 +177,7 @@ def judge(head: Head | Ensemble, classes: list[str], x: np.ndarray, serving: Mod
                              f"(PROMOTION_MIN_HELDOUT={config.min_heldout})")
     new_pred = predict_classes(head, classes, x[rows], classes)
     old_pred = predict_classes(serving.head, serving.classes, serving_x[rows], classes)
+    p_worse = worse_share(y[rows], new_pred, old_pred, classes, config.metric,
+                          seed=config.seed)
     return decide(config.metric, evaluate(y[rows], new_pred, classes),
-                  evaluate(y[rows], old_pred, classes), config.tolerance, n=n)
+                  evaluate(y[rows], old_pred, classes), config.tolerance, n=n, p_worse=p_worse)

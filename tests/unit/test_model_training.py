@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from model.head import Ensemble, Head, predict_proba, train_head
-from model.promotion import check_metric, decide, metric_value
+from model.evaluation import evaluate
+from model.promotion import check_metric, decide, metric_value, worse_share
 from model.training import TEST, TRAIN, VAL, TrainConfig, assign_roles, fit, train_candidate
 from model.versions import ModelVersion
 
@@ -127,6 +128,52 @@ def test_promotion_allows_only_the_tolerated_drop(new, old, promoted):
     assert out["promoted"] is promoted
     assert (out["new"], out["old"], out["metric"]) == (new, old, "accuracy")
     assert ("keeps serving" in out["reason"]) is (not promoted)
+
+
+def test_a_drop_that_chance_explains_does_not_block_a_new_version():
+    rng = np.random.default_rng(0)
+    classes = ["a", "b", "c"]
+
+    def answers(n, right):
+        y = rng.integers(0, 3, n)
+        wrong = rng.permutation(n)[: n - right]
+        pred = y.copy()
+        pred[wrong] = (y[wrong] + 1) % 3
+        return y, pred
+
+    def verdict(y, new, old):
+        p = worse_share(y, new, old, classes, "macro_f1")
+        m = [evaluate(y, pred, classes) for pred in (new, old)]
+        return decide("macro_f1", *m, 0.02, n=len(y), p_worse=p)
+
+    # 30 held-out tasks: the new version gets 5 wrong the serving one had right and 2 right
+    # it had wrong; 3 more errors in all, which could be luck.
+    y, old = answers(30, 25)
+    new = old.copy()
+    lost, won = np.flatnonzero(old == y)[:5], np.flatnonzero(old != y)[:2]
+    new[lost], new[won] = (y[lost] + 1) % 3, y[won]
+    out = verdict(y, new, old)
+    assert out["promoted"] and "not clearly worse" in out["reason"]
+    # 400 held-out tasks, 60 more wrong: not luck.
+    y, old = answers(400, 360)
+    new = old.copy()
+    new[np.flatnonzero(old == y)[:60]] = (y[np.flatnonzero(old == y)[:60]] + 1) % 3
+    out = verdict(y, new, old)
+    assert not out["promoted"] and out["p_worse"] > 0.95 and "keeps serving" in out["reason"]
+
+
+def test_bootstrapped_scores_match_the_reported_metrics():
+    rng = np.random.default_rng(1)
+    classes = ["a", "b", "c", "d"]
+    y, pred = rng.integers(0, 4, 50), rng.integers(-1, 4, 50)
+    m = evaluate(y, pred, classes)
+    for metric in ("accuracy", "macro_f1", "precision:b", "recall:c"):
+        same = worse_share(y, pred, pred, classes, metric)
+        assert same == 0.0  # a version is never worse than itself
+    better = np.where(rng.random(50) < 0.5, y, pred)
+    assert worse_share(y, better, pred, classes, "accuracy") < 0.05
+    assert worse_share(y, pred, better, classes, "accuracy") > 0.95
+    assert m["n"] == 50
 
 
 def test_per_class_metrics_and_missing_values():
