@@ -27,3 +27,14 @@ def origin_of(url: str) -> Origin:
     parsed = urlparse(url)
     port = parsed.port or DEFAULT_PORTS[parsed.scheme]
     return parsed.scheme, (parsed.hostname or "").lower(), port
+
+
+def shown(url: object, limit: int = 120) -> str:
+    """`url` fit for an error message or a log line: without user:password, one line, short
+    (task data may hold a credential or a megabyte-long data: URL)."""
+    text = str(url)
+    at, scheme_end = text.find("@"), text.find("://")
+    if at > scheme_end >= 0 and "/" not in text[scheme_end + 3:at]:
+        text = text[:scheme_end + 3] + "***@" + text[at + 1:]
+    text = text.encode("utf-8", "backslashreplace").decode().replace("\n", "\\n")
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"

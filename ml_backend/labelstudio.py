@@ -20,7 +20,7 @@ import httpx
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
-from ml_backend.image_hosts import origin_of, origins
+from ml_backend.image_hosts import origin_of, origins, shown
 from ml_backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -363,14 +363,15 @@ class LabelStudioClient:
         absolute = urljoin(self.url + "/", url) if url.startswith("/") else url
         parsed = urlparse(absolute)
         if parsed.scheme not in ("http", "https"):
-            raise ImageFetchError(f"unsupported image URL scheme {parsed.scheme!r}: {url}")
+            raise ImageFetchError(f"unsupported image URL scheme {parsed.scheme!r}: {shown(url)}")
         try:
             allowed = origin_of(absolute) in self._allowed_origins
         except ValueError:
-            raise ImageFetchError(f"image URL has an invalid port: {url}") from None
+            raise ImageFetchError(f"image URL has an invalid port: {shown(url)}") from None
         if not allowed:
             raise ImageFetchError(
-                f"image host {parsed.netloc!r} is not allowed; add it to IMAGE_HOSTS to fetch it"
+                f"image host {shown(parsed.hostname, 60)!r} is not allowed; add it to IMAGE_HOSTS "
+                "to fetch it"
             )
         return absolute
 
@@ -383,16 +384,16 @@ class LabelStudioClient:
         try:
             with self._http.stream("GET", absolute, headers=headers) as resp:
                 if resp.status_code != 200:
-                    raise ImageFetchError(f"GET {url} answered {resp.status_code}")
+                    raise ImageFetchError(f"GET {shown(url)} answered {resp.status_code}")
                 if int(resp.headers.get("content-length") or 0) > limit:
-                    raise ImageFetchError(f"image {url} is larger than {limit} bytes")
+                    raise ImageFetchError(f"image {shown(url)} is larger than {limit} bytes")
                 chunks, size = [], 0
                 for chunk in resp.iter_bytes():
                     size += len(chunk)
                     if size > limit:
-                        raise ImageFetchError(f"image {url} is larger than {limit} bytes")
+                        raise ImageFetchError(f"image {shown(url)} is larger than {limit} bytes")
                     chunks.append(chunk)
                 return b"".join(chunks)
         except httpx.HTTPError as exc:
-            raise ImageFetchError(f"cannot fetch {url}: {exc}") from None
+            raise ImageFetchError(f"cannot fetch {shown(url)}: {shown(exc, 200)}") from None
 
