@@ -72,13 +72,19 @@ def log(msg: str) -> None:
 
 
 # -- the processes -------------------------------------------------------------------------------
-def start_label_studio(data_dir: Path, images_root: Path, db: str, workdir: Path):
+def psql(sql: str) -> None:
+    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", sql], check=True,
+                   capture_output=True)
+
+
+def start_label_studio(data_dir: Path, images_root: Path, db: str, workdir: Path,
+                       cleanup: list):
     """Label Studio on a free port, on SQLite or on a fresh PostgreSQL database of its own."""
     env = label_studio_env(data_dir, images_root)
     if db == "postgresql":
         name = f"soak_{os.getpid()}"
-        subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c",
-                        f"CREATE DATABASE {name}"], check=True, capture_output=True)
+        psql(f"CREATE DATABASE {name}")
+        cleanup.append(lambda: psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         env |= {"DJANGO_DB": "default", "POSTGRE_NAME": name, "POSTGRE_USER": "postgres",
                 "POSTGRE_PASSWORD": "", "POSTGRE_HOST": "127.0.0.1", "POSTGRE_PORT": "5432"}
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -87,9 +93,10 @@ def start_label_studio(data_dir: Path, images_root: Path, db: str, workdir: Path
         str(LS_BIN), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(port),
         "--username", ADMIN_EMAIL, "--password", ADMIN_PASSWORD, "--user-token", ADMIN_TOKEN,
         "--enable-legacy-api-token"], workdir / "label-studio.log", env=env, cwd=data_dir)
+    cleanup.append(proc.stop)
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: health_is_up(url), FIRST_START_TIMEOUT, 1.0, f"{url}/health", proc)
-    return proc, url, env.get("POSTGRE_NAME")
+    return url
 
 
 class RedisServer:
@@ -525,12 +532,7 @@ def run(args, work: Path, per_class: int, disk: bool, cleanup: list) -> int:
     images = work / "images"
     truth = make_images(images, per_class=per_class, seed=args.seed)
     log(f"{len(truth)} images; starting Label Studio ({args.db}); disk-full fault: {disk}")
-    ls_proc, ls_url, pg_name = start_label_studio(work / "ls-data", images, args.db, work)
-    cleanup.append(ls_proc.stop)
-    if pg_name:
-        cleanup.append(lambda: subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c",
-                                               f"DROP DATABASE IF EXISTS {pg_name}"], check=False,
-                                              capture_output=True))
+    ls_url = start_label_studio(work / "ls-data", images, args.db, work, cleanup)
     admin = LSApi(ls_url)
     project = create_project(admin, images, truth, title="soak")
     other = LSApi(ls_url, sign_up(admin, "annotator@example.com", "soak-annotator-pw-123"))
