@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import struct
 import time
 import zlib
@@ -138,29 +139,37 @@ def hostile_tasks(fake_ls, hostile, labelled: bool) -> dict[str, int]:
     return ids
 
 
+ODD_URLS = ["file:///etc/passwd", "data:image/png;base64,iVBORw0KGgo=", "javascript:alert(1)",
+            "gopher://127.0.0.1:6379/_FLUSHALL", "http://user:secret@ls.test:8080/a.png",
+            "//elsewhere/x.png", "x" * 100_000, "/data/\udcff.png"]
+
+
 def test_a_retrain_leaves_out_only_the_images_it_cannot_read(runtime, fake_ls, hostile):
     hostile_tasks(fake_ls, hostile, labelled=True)
+    for n, url in enumerate(ODD_URLS, start=500):
+        fake_ls.task_list.append({"id": n, "data": {"image": url, "big": "y" * 1_000_000},
+                                  "annotations": [fake_ls.annotation("red", n)]})
     out = retrain(runtime, 1)
     labelled = sum(bool(t["annotations"]) for t in fake_ls.task_list)
     assert out["version"] == "v1"
-    assert out["n_labels"] == labelled - len(UNUSABLE)
+    assert out["n_labels"] == labelled - len(UNUSABLE) - len(ODD_URLS)
     meta = runtime.versions(1).load("v1").meta
-    assert meta["skipped"]["image errors"] == len(UNUSABLE)
+    assert meta["skipped"]["image errors"] == len(UNUSABLE) + len(ODD_URLS)
 
 
 def test_predict_answers_every_task_and_only_unreadable_images_get_no_prediction(
         runtime, fake_ls, hostile):
     retrain(runtime, 1)
     ids = hostile_tasks(fake_ls, hostile, labelled=False)
-    odd_urls = ["file:///etc/passwd", "data:image/png;base64,iVBORw0KGgo=", "javascript:alert(1)",
-                "gopher://127.0.0.1:6379/_FLUSHALL", "http://user:secret@ls.test:8080/a.png",
-                "//elsewhere/x.png", "x" * 100_000, "/data/\udcff.png"[:-5] + ".png"]
+    odd_urls = ODD_URLS
     tasks = [{"id": i, "data": {"image": f"/data/local-files/?d=hostile/{n}"}}
              for n, i in ids.items()]
     tasks += [{"id": 500 + n, "data": {"image": url}} for n, url in enumerate(odd_urls)]
     tasks += [{"id": 600, "data": {"image": {"nested": ["x"] * 10_000}, "big": "y" * 1_000_000}}]
     client = TestClient(create_app(runtime.settings, runtime))
-    res = client.post("/predict", json={"tasks": tasks, "project": "1.1", "label_config": CONFIG})
+    body = {"tasks": tasks, "project": "1.1", "label_config": CONFIG}  # "\udcff": a lone surrogate
+    res = client.post("/predict", content=json.dumps(body),
+                      headers={"content-type": "application/json"})
     assert res.status_code == 200, res.text
     results = res.json()["results"]
     assert len(results) == len(tasks)
