@@ -410,6 +410,17 @@ class LagMeter:
                 self.longest = max(self.longest, time.time() - times[n])
 
 
+def job_ids(q) -> set[str]:
+    """Queued, scheduled (retries) and running jobs; RQ leaves a finished job's entry in its
+    started registry until the entry's time runs out, so a job counts as running by its status."""
+    from rq.job import Job
+
+    started = q.started_job_registry.get_job_ids()
+    jobs = Job.fetch_many(started, connection=q.connection)
+    return (set(q.job_ids) | set(q.scheduled_job_registry.get_job_ids())
+            | {j.id for j in jobs if j is not None and j.get_status(refresh=False) == "started"})
+
+
 def drain(stack: Stack, project: int, queue_names: list[str], url: str, timeout: float) -> bool:
     """Wait until nothing is queued, running, scheduled or pending for 10 s in a row."""
     from rq import Queue
@@ -420,8 +431,7 @@ def drain(stack: Stack, project: int, queue_names: list[str], url: str, timeout:
     while time.monotonic() < deadline:
         try:
             busy = queue_busy(stack.status(project)) or any(
-                q.count or q.started_job_registry.count or q.scheduled_job_registry.count
-                for q in (Queue(n, connection=conn) for n in queue_names))
+                job_ids(Queue(n, connection=conn)) for n in queue_names)
         except Exception:  # noqa: BLE001
             busy = True
         if busy:
@@ -468,6 +478,9 @@ def check(stack: Stack, ls_url: str, project, redis_url: str, before: dict) -> d
     conn = redis.Redis.from_url(redis_url)
     queues = [Queue(stack.env["QUEUE_NAME"], connection=conn)]
     pq = ProjectQueue(conn, project.id)
+    first = set().union(*(job_ids(q) for q in queues))
+    time.sleep(30)  # a job seen now and 30 s later is stuck (periodic reconciles take seconds)
+    stuck = first & set().union(*(job_ids(q) for q in queues))
     half = [p.name for p in store.root.glob(".tmp-*")] + [
         p.name for p in store.versions_dir.iterdir() if not (p / "meta.json").is_file()]
     return {
@@ -480,8 +493,7 @@ def check(stack: Stack, ls_url: str, project, redis_url: str, before: dict) -> d
         "Label Studio serves its order": ls_version == serving and not lacking,
         "unlabelled tasks lacking its prediction": len(lacking or ()),
         "project lock held": pq.is_locked(),
-        "jobs queued/running/scheduled": sum(q.count + q.started_job_registry.count
-                                             + q.scheduled_job_registry.count for q in queues),
+        "jobs stuck (queued, scheduled or running for 30 s)": sorted(stuck),
         "jobs pending": [k for k in ("retrain", "prioritize", "prune", "finetune", "reconcile")
                          if pq.is_pending(k)],
         "half-written versions": half,
@@ -595,7 +607,7 @@ def run(args, work: Path, per_class: int, disk: bool, cleanup: list) -> int:
         "failed or retried jobs in the last 50": sum(
             1 for j in status.get("jobs", []) if j.get("status") in ("failed", "retrying")),
         "longest lag of the served version behind the labels (s)": round(lag.longest, 1),
-        "submits an annotator saw fail": people.failures,
+        "submits an annotator saw fail or wait over 3 s": people.failures,
         "webhook answers": {str(k): v for k, v in driver.webhook_answers.items()},
         "webhook 5xx not explained by Redis being down": driver.bad_webhook_answers,
         "queue drained": drained, "reconcile": out.stdout.strip()[-300:],
@@ -606,7 +618,8 @@ def run(args, work: Path, per_class: int, disk: bool, cleanup: list) -> int:
     print(json.dumps(report, indent=2, default=str))
     ok = (report["serving trained on Label Studio's labels (digest)"]
           and report["Label Studio serves its order"] and not report["project lock held"]
-          and not report["jobs queued/running/scheduled"] and not report["jobs pending"]
+          and not report["jobs stuck (queued, scheduled or running for 30 s)"]
+          and not report["jobs pending"]
           and not report["half-written versions"] and report["foreign predictions unchanged"])
     return 0 if ok else 1
 

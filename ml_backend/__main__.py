@@ -54,6 +54,7 @@ def _worker(args: argparse.Namespace) -> None:
     runtime().backbone  # load once, before the first job, so retrains start warm
     if not args.burst:
         reconcile.start(settings)  # catches what webhooks missed, now and every interval
+
     class Worker(SimpleWorker):
         stopping = False
 
@@ -64,13 +65,15 @@ def _worker(args: argparse.Namespace) -> None:
     while True:
         # Maintenance every minute, not RQ's ten: it is when a worker takes over the scheduler
         # that runs job retries after Redis or the worker that had it went away.
-        worker = Worker(worker_queues(settings, args.queues), connection=connection,
-                        maintenance_interval=60)
+        worker = None
         try:
+            worker = Worker(worker_queues(settings, args.queues), connection=connection,
+                            maintenance_interval=60)
             worker.work(with_scheduler=True, burst=args.burst, logging_level=args.log_level)
         except RedisDown:
-            pass
-        if args.burst or worker.stopping:
+            if args.burst:
+                raise
+        if args.burst or (worker is not None and worker.stopping):
             return
         # RQ quits on a Redis outage outside its wait for jobs (a restart, a failover): outlive
         # it, as the server does, rather than leave the queue without workers.
