@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,6 +41,7 @@ def _serve(args: argparse.Namespace) -> None:
 
 def _worker(args: argparse.Namespace) -> None:
     from redis import Redis
+    from redis.exceptions import ConnectionError as RedisDown
     from rq import SimpleWorker
 
     from ml_backend import reconcile
@@ -48,15 +50,47 @@ def _worker(args: argparse.Namespace) -> None:
 
     settings = get_settings()
     connection = Redis.from_url(settings.redis_url)
-    connection.ping()
+    connection.ping()  # a wrong REDIS_URL is a one-line error at start
     runtime().backbone  # load once, before the first job, so retrains start warm
     if not args.burst:
         reconcile.start(settings)  # catches what webhooks missed, now and every interval
-    # Maintenance every minute, not RQ's ten: it is when a worker takes over the scheduler that
-    # runs job retries after Redis or the worker that had it went away.
-    worker = SimpleWorker(worker_queues(settings, args.queues), connection=connection,
-                          maintenance_interval=60)
-    worker.work(with_scheduler=True, burst=args.burst, logging_level=args.log_level)
+
+    class Worker(SimpleWorker):
+        stopping = False
+
+        def request_stop(self, signum, frame):  # SIGTERM, SIGINT: RQ's warm shutdown
+            self.stopping = True
+            super().request_stop(signum, frame)
+
+    while True:
+        # Maintenance every minute, not RQ's ten: it is when a worker takes over the scheduler
+        # that runs job retries after Redis or the worker that had it went away.
+        worker = None
+        try:
+            worker = Worker(worker_queues(settings, args.queues), connection=connection,
+                            maintenance_interval=60)
+            worker.work(with_scheduler=True, burst=args.burst, logging_level=args.log_level)
+        except RedisDown:
+            if args.burst:
+                raise
+        if args.burst or (worker is not None and worker.stopping):
+            return
+        # RQ quits on a Redis outage outside its wait for jobs (a restart, a failover): outlive
+        # it, as the server does, rather than leave the queue without workers.
+        logging.getLogger(__name__).warning("the worker stopped unasked: starting it again "
+                                            "once Redis answers")
+        time.sleep(2)
+        while not _redis_up(connection):
+            time.sleep(2)
+
+
+def _redis_up(connection) -> bool:
+    from redis.exceptions import RedisError
+
+    try:
+        return bool(connection.ping())
+    except RedisError:
+        return False
 
 
 def worker_queues(settings, given: str | None) -> list[str]:

@@ -35,6 +35,17 @@ def origin_of(url: str) -> Origin:
     return parsed.scheme, (parsed.hostname or "").lower(), port
 
 
+def shown(url: object, limit: int = 120) -> str:
+    """`url` fit for an error message or a log line: without user:password, one line, short
+    (task data may hold a credential or a megabyte-long data: URL)."""
+    text = str(url)
+    at, scheme_end = text.find("@"), text.find("://")
+    if at > scheme_end >= 0 and "/" not in text[scheme_end + 3:at]:
+        text = text[:scheme_end + 3] + "***@" + text[at + 1:]
+    text = text.encode("utf-8", "backslashreplace").decode().replace("\n", "\\n")
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
 def allowed_url(url: str, base: str, allowed: set[Origin]) -> str:
     """`url` made absolute against `base` (Label Studio's URL); ImageFetchError unless its
     origin is `allowed`."""
@@ -43,14 +54,15 @@ def allowed_url(url: str, base: str, allowed: set[Origin]) -> str:
     absolute = urljoin(base + "/", url) if url.startswith("/") else url
     parsed = urlparse(absolute)
     if parsed.scheme not in ("http", "https"):
-        raise ImageFetchError(f"unsupported image URL scheme {parsed.scheme!r}: {url}")
+        raise ImageFetchError(f"unsupported image URL scheme {parsed.scheme!r}: {shown(url)}")
     try:
         ok = origin_of(absolute) in allowed
     except ValueError:
-        raise ImageFetchError(f"image URL has an invalid port: {url}") from None
+        raise ImageFetchError(f"image URL has an invalid port: {shown(url)}") from None
     if not ok:
         raise ImageFetchError(
-            f"image host {parsed.netloc!r} is not allowed; add it to IMAGE_HOSTS to fetch it")
+            f"image host {shown(parsed.hostname, 60)!r} is not allowed; add it to IMAGE_HOSTS "
+            "to fetch it")
     return absolute
 
 
@@ -59,15 +71,15 @@ def download(http: httpx.Client, url: str, headers: dict[str, str], limit: int) 
     try:
         with http.stream("GET", url, headers=headers) as resp:
             if resp.status_code != 200:
-                raise ImageFetchError(f"GET {url} answered {resp.status_code}")
+                raise ImageFetchError(f"GET {shown(url)} answered {resp.status_code}")
             if int(resp.headers.get("content-length") or 0) > limit:
-                raise ImageFetchError(f"image {url} is larger than {limit} bytes")
+                raise ImageFetchError(f"image {shown(url)} is larger than {limit} bytes")
             chunks, size = [], 0
             for chunk in resp.iter_bytes():
                 size += len(chunk)
                 if size > limit:
-                    raise ImageFetchError(f"image {url} is larger than {limit} bytes")
+                    raise ImageFetchError(f"image {shown(url)} is larger than {limit} bytes")
                 chunks.append(chunk)
             return b"".join(chunks)
     except httpx.HTTPError as exc:
-        raise ImageFetchError(f"cannot fetch {url}: {exc}") from None
+        raise ImageFetchError(f"cannot fetch {shown(url)}: {shown(exc, 200)}") from None

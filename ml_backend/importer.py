@@ -14,13 +14,14 @@ import csv
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote
 
 from ml_backend.label_config import parse_label_config
-from model.images import IMAGE_SUFFIXES
+from model.images import IMAGE_SUFFIXES, BadImage, decode_image
 
 IMAGE_COLUMNS = ("image", "path", "url", "file", "filename")
 LABEL_COLUMNS = ("label", "class", "category", "choice")
@@ -156,6 +157,7 @@ class ImportReport:
     unknown_labels: Counter = field(default_factory=Counter)
     storages: list[str] = field(default_factory=list)
     task_ids: list[int] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (file, why)
 
     def lines(self, project: int) -> list[str]:
         out = [(f"Imported {self.tasks} tasks into project {project}: {self.served_in_place} "
@@ -163,6 +165,11 @@ class ImportReport:
                 f"{self.annotations} with their label as an annotation.")]
         if self.already_there:
             out.append(f"{self.already_there} images were in the project already: skipped.")
+        if self.unreadable:
+            file, why = self.unreadable[0]
+            more = f" and {len(self.unreadable) - 1} more" if len(self.unreadable) > 1 else ""
+            out.append(f"{len(self.unreadable)} files are not images this backend can read, "
+                       f"not imported: {file} ({why}){more}.")
         for path in self.storages:
             out.append(f"Added a local-files storage for {path}.")
         if self.unknown_labels:
@@ -205,6 +212,7 @@ def import_images(ls: ImportTarget, project: int, items: Sequence[Item], *,
     """Import `items` as tasks of `project`; with `labels`, known labels become annotations."""
     config = parse_label_config(ls.label_config(project))
     report = ImportReport()
+    items = _readable(items, report)
     present = {str((t.get("data") or {}).get(config.value_key)) for t in ls.tasks(project)}
     urls: dict[int, str] = {}  # index in items -> task data URL
     in_place: dict[int, Path] = {}  # index -> path relative to the document root
@@ -241,6 +249,25 @@ def import_images(ls: ImportTarget, project: int, items: Sequence[Item], *,
     report.tasks, report.served_in_place, report.uploaded = len(tasks), len(placed), len(upload)
     report.urls = len(tasks) - len(placed) - len(upload)
     return report
+
+
+def _why_unreadable(item: Item) -> str | None:
+    if item.is_url:
+        return None  # fetched by whoever opens it; a retrain reports it per task
+    try:
+        decode_image(Path(item.source).read_bytes())
+    except (BadImage, OSError) as exc:
+        return str(exc)
+    return None
+
+
+def _readable(items: Sequence[Item], report: ImportReport) -> list[Item]:
+    """The items whose files decode (a zero-byte, truncated or bomb file would be a task no
+    one can label or train on); the others go to `report.unreadable`."""
+    with ThreadPoolExecutor(max(2, min(8, os.cpu_count() or 2))) as pool:
+        why = list(pool.map(_why_unreadable, items))
+    report.unreadable = [(i.source, w) for i, w in zip(items, why) if w is not None]
+    return [i for i, w in zip(items, why) if w is None]
 
 
 def _check_served(ls: ImportTarget, url: str, file: str, root: Path) -> None:

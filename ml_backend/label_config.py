@@ -51,8 +51,9 @@ def parse_label_config(xml: str) -> LabelConfig:
         raise UnsupportedConfig("label config is empty")
     try:
         root = ElementTree.fromstring(xml)
-    except (ElementTree.ParseError, DefusedXmlException) as exc:
-        raise UnsupportedConfig(f"label config is not valid XML: {exc}") from None
+    except (ElementTree.ParseError, DefusedXmlException, ValueError) as exc:
+        # ValueError: text that cannot be encoded (a lone surrogate from bytes that were not UTF-8)
+        raise UnsupportedConfig(f"label config is not valid XML: {str(exc)[:200]}") from None
 
     images: list[Element] = []
     choices: list[Element] = []

@@ -161,7 +161,9 @@ def predict_folder(rt: Runtime, project: int, folder: Path, out: Path, name: str
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}-", dir=out.parent)
     done = skipped = 0
     try:
-        with os.fdopen(fd, "w", newline="") as fh, tqdm(
+        # A file name that is not UTF-8 is written as its own bytes, as `ls` shows it.
+        fh = os.fdopen(fd, "w", newline="", encoding="utf-8", errors="surrogateescape")
+        with fh, tqdm(
             total=len(files), desc="predicting", unit="img",
             disable=None if progress is None else not progress,
         ) as bar:
