@@ -21,7 +21,8 @@ from PIL import Image
 
 from ml_backend.__main__ import main
 from ml_backend.label_config import UnsupportedConfig, parse_label_config
-from ml_backend.labelstudio import ImageFetchError, LabelStudioClient
+from ml_backend.image_hosts import ImageFetchError
+from ml_backend.labelstudio import LabelStudioClient
 from ml_backend.model_commands import predict_folder
 from ml_backend.server import create_app
 from ml_backend.settings import Settings

@@ -123,7 +123,8 @@ def test_predict_serves_good_images_and_rejects_each_hostile_one(settings, runti
     assert res.status_code == 200, res.text
     results = res.json()["results"]
     assert len(results) == len(urls)
-    assert results[0]["result"] and results[0]["model_version"] == "v1"
+    assert results[0]["result"] and results[0]["model_version"] == "al-v1"
+    # no prediction, and served last (the order holds no priority for these tasks)
     for url, entry in zip(urls[1:], results[1:]):
-        assert entry == {"result": [], "score": 0.0, "model_version": "v1"}, url
+        assert entry == {"result": [], "score": 1.0, "model_version": "al-v1"}, url
     assert elsewhere.connections == 0
