@@ -74,6 +74,16 @@ def test_an_exported_model_imports_into_a_new_project(trained, tmp_path):
         "red", "green", "blue"]
 
 
+def assert_serves_like(runtime, project, net, atol):
+    """The imported project's live probabilities are the original network's."""
+    images = [png_bytes("red", 1), png_bytes("blue", 2)]
+    bb = runtime.backbone_for(project)
+    x = bb.inputs(torch.stack([bb.preprocess(Image.open(io.BytesIO(b))) for b in images]))
+    with torch.no_grad():
+        want = torch.softmax(net(x), 1).numpy()
+    np.testing.assert_allclose(live_probs(runtime, project, images), want, atol=atol)
+
+
 def test_a_torchvision_state_dict_imports_with_its_labels(runtime, tmp_path):
     torch.manual_seed(1)
     net = models.get_model("mobilenet_v3_small", weights=None, num_classes=2).eval()
@@ -81,12 +91,7 @@ def test_a_torchvision_state_dict_imports_with_its_labels(runtime, tmp_path):
     (tmp_path / "labels.json").write_text(json.dumps(["cat", "dog"]))
     out = import_model(runtime, 3, tmp_path / "mine.pth", tmp_path / "labels.json")
     assert out["classes"] == ["cat", "dog"] and out["backbone"] == "mobilenet_v3_small"
-    images = [png_bytes("red", 1), png_bytes("blue", 2)]
-    bb = runtime.backbone_for(3)
-    x = bb.inputs(torch.stack([bb.preprocess(Image.open(io.BytesIO(b))) for b in images]))
-    with torch.no_grad():
-        want = torch.softmax(net(x), 1).numpy()
-    np.testing.assert_allclose(live_probs(runtime, 3, images), want, atol=1e-5)
+    assert_serves_like(runtime, 3, net, atol=1e-5)
 
     (tmp_path / "three.json").write_text(json.dumps(["a", "b", "c"]))
     with pytest.raises(ValueError, match="2 outputs but the labels file names 3"):
@@ -108,12 +113,7 @@ def test_a_timm_state_dict_of_the_default_backbone_imports(runtime, tmp_path):
     out = import_model(runtime, 5, tmp_path / "lite.pth", tmp_path / "labels.json",
                        "efficientnet_lite0")
     assert out["backbone"] == "efficientnet_lite0" and out["classes"] == ["a", "b", "c"]
-    images = [png_bytes("red", 1), png_bytes("green", 2)]
-    bb = runtime.backbone_for(5)
-    x = bb.inputs(torch.stack([bb.preprocess(Image.open(io.BytesIO(b))) for b in images]))
-    with torch.no_grad():
-        want = torch.softmax(net(x), 1).numpy()
-    np.testing.assert_allclose(live_probs(runtime, 5, images), want, atol=1e-4)
+    assert_serves_like(runtime, 5, net, atol=1e-4)
 
 
 def test_predict_writes_a_csv_and_skips_unreadable_files(trained, tmp_path, capsys):
