@@ -88,9 +88,10 @@ def decide(
     metrics on the same held-out tasks.
 
     Promoted unless the new value is below the old one by more than `tolerance` and, when
-    `p_worse` (see `worse_share`) is given, the old version is better in at least
-    `CONFIDENCE` of the resamples: a drop that chance explains does not block a version
-    trained on more labels. When either value is missing (no held-out tasks, no serving
+    `p_worse` (see `worse_share`) is given and the new value is lower, the old version is
+    better in at least `CONFIDENCE` of the resamples: a drop that chance explains does not
+    block a version trained on more labels (a negative tolerance, demanding a gain, is applied
+    as it is). When either value is missing (no held-out tasks, no serving
     version, a class neither has seen) there is nothing to compare, and the new version is
     promoted with `reason` saying why.
     """
@@ -100,7 +101,8 @@ def decide(
     if new_v is None or old_v is None:
         why = reason or f"{metric} cannot be computed on the held-out tasks"
         return {"promoted": True, "reason": f"{why}: promoted without comparison", **out}
-    if new_v < old_v - tolerance and p_worse is not None and p_worse < CONFIDENCE:
+    chance = new_v < old_v and p_worse is not None and p_worse < CONFIDENCE
+    if new_v < old_v - tolerance and chance:
         return {"promoted": True, **out,
                 "reason": f"{metric} {new_v:.4f} vs serving {old_v:.4f} on {n} held-out tasks: "
                           f"lower, but the serving version is better in only {p_worse:.0%} of "

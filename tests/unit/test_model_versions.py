@@ -49,8 +49,8 @@ def test_a_worse_version_is_kept_but_does_not_serve(settings, fake_choice):
     assert rollback(rt, 1, "v2") == {"project": 1, "serving": "v2", "was": "v1", "pushed": 6}
     assert store.serving() == "v2" and rt.serving_model(1).name == "v2"
     # Label Studio's queue follows the rolled-back version, title included.
-    assert fake_ls.sampling["model_version"] == "v2" and fake_ls.backends[0]["title"] == "v2"
-    assert sorted(fake_ls.queue("v2")) == sorted(
+    assert fake_ls.sampling["model_version"] == "al-v2" and fake_ls.backends[0]["title"] == "al-v2"
+    assert sorted(fake_ls.queue("al-v2")) == sorted(
         t["id"] for t in fake_ls.task_list if not t["annotations"])
     assert store.meta("v2")["rolled_back_from"] == "v1"
     with pytest.raises(UnknownVersion, match=r"no version 'v9' \(it has: v1, v2\)"):

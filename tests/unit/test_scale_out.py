@@ -79,12 +79,13 @@ def test_two_workers_with_their_own_caches_and_a_server_agree(settings, fake_ls,
     retrain_on(b)
     assert [e["status"] for e in ProjectQueue(conn, 1).history()] == ["finished"] * 2
     assert a.versions(1).names() == server.versions(1).names() == ["v1", "v2"]
-    assert server.serving_version(1) == a.serving_version(1) == "v2"
+    assert server.serving_version(1) == a.serving_version(1) == "al-v2"  # its Label Studio name
     assert b.versions(1).meta("v2")["n_labels"] == 16
-    served_by_b = fake_ls.queue("v2")
+    served_by_b = fake_ls.queue("al-v2")
+    assert served_by_b  # v2 published its order
 
     steps.rollback(a, 1, "v2")  # worker a publishes v2's order again, from its own cache
-    assert fake_ls.queue("v2") == served_by_b
+    assert fake_ls.queue("al-v2") == served_by_b
     config = parse_label_config(fake_ls.config)
     tasks = [{"id": t["id"], "data": t["data"]} for t in fake_ls.task_list]
     assert server.predict(1, config, tasks) == b.predict(1, config, tasks)
