@@ -456,6 +456,26 @@ def foreign_predictions(api: LSApi, project: int) -> dict[int, dict]:
             for p in api.project_predictions(project) if p["model_version"] == FOREIGN}
 
 
+def order_live(rt, project: int, unlabelled: set[int], ls_version: str | None) -> dict:
+    """Whether Label Studio serves the serving version's order: the project's model version is
+    its Label Studio name, and the first unlabelled task of its stored order has its prediction
+    (only the head is pushed: QUEUE_HEAD tasks and top-ups, so the rest may lack one)."""
+    from ml_backend import orders
+    from ml_backend.ownership import serving_name
+
+    store = rt.versions(project)
+    name = serving_name(rt.settings, store)
+    stored = orders.load(rt.settings, project, name) if store.serving() else None
+    first = next((t for t in stored.tasks.tolist() if t in unlabelled), None) if stored else None
+    lacking = rt.labelstudio.tasks_lacking(project, name) & unlabelled
+    return {
+        "Label Studio serves its order": ls_version == name and (
+            not unlabelled or (first is not None and first not in lacking)),
+        "Label Studio's model version": ls_version,
+        "unlabelled tasks with its prediction": len(unlabelled - lacking),
+    }
+
+
 def check(stack: Stack, ls_url: str, project, redis_url: str, before: dict) -> dict:
     from rq import Queue
 
@@ -472,9 +492,8 @@ def check(stack: Stack, ls_url: str, project, redis_url: str, before: dict) -> d
     store = rt.versions(project.id)
     serving = store.serving()
     meta = store.meta(serving) if serving else {}
-    unlabelled = set(pool.unlabeled)
-    lacking = rt.labelstudio.tasks_lacking(project.id, serving) & unlabelled if serving else None
     ls_version = project.api.get(f"/api/projects/{project.id}")["model_version"]
+    live = order_live(rt, project.id, set(pool.unlabeled), ls_version)
     conn = redis.Redis.from_url(redis_url)
     queues = [Queue(stack.env["QUEUE_NAME"], connection=conn)]
     pq = ProjectQueue(conn, project.id)
@@ -490,8 +509,7 @@ def check(stack: Stack, ls_url: str, project, redis_url: str, before: dict) -> d
         "serving trained on Label Studio's labels (digest)":
             meta.get("labels_digest") == pool.digest(config.classes),
         "serving trained on n labels": meta.get("n_labels"),
-        "Label Studio serves its order": ls_version == serving and not lacking,
-        "unlabelled tasks lacking its prediction": len(lacking or ()),
+        **live,
         "project lock held": pq.is_locked(),
         "jobs stuck (queued, scheduled or running for 30 s)": sorted(stuck),
         "jobs pending": [k for k in ("retrain", "prioritize", "prune", "finetune", "reconcile")
