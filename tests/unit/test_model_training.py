@@ -162,7 +162,7 @@ def test_a_drop_that_chance_explains_does_not_block_a_new_version():
     assert not out["promoted"] and out["p_worse"] > 0.95 and "keeps serving" in out["reason"]
 
 
-def test_bootstrapped_scores_match_the_reported_metrics():
+def test_the_bootstrap_never_finds_a_version_worse_than_itself_and_sees_a_better_one():
     rng = np.random.default_rng(1)
     classes = ["a", "b", "c", "d"]
     y, pred = rng.integers(0, 4, 50), rng.integers(-1, 4, 50)
