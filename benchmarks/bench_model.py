@@ -226,7 +226,7 @@ def bench_predict(repeat: int) -> None:
         labelled = [t for t in fake.task_list if t["annotations"]]
         vecs, _ = rt.embed(1, {t["id"]: t["data"]["image"] for t in fake.task_list})
         cand = tc(np.stack([vecs[t["id"]] for t in labelled]), [t["truth"] for t in labelled],
-                  [t["id"] for t in labelled], list(config.classes))
+                  [t["id"] for t in labelled], list(config.single.classes))
         store = rt.versions(1)
         store.promote(store.save(cand.head, cand.meta | rt.backbone_meta(rt.backbone)))
         task = next(t for t in fake.task_list if not t["annotations"])

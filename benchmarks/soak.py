@@ -507,7 +507,7 @@ def check(stack: Stack, ls_url: str, project, redis_url: str, before: dict) -> d
         "serving version": serving,
         "newest version": (store.names() or [None])[-1],
         "serving trained on Label Studio's labels (digest)":
-            meta.get("labels_digest") == pool.digest(config.classes),
+            meta.get("labels_digest") == pool.digest(config),
         "serving trained on n labels": meta.get("n_labels"),
         **live,
         "project lock held": pq.is_locked(),

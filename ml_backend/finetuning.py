@@ -41,11 +41,16 @@ def finetune_backbone(rt: Runtime, project: int, config: FinetuneConfig,
         roles = assign_roles(tasks, [pool.data[t].get(s.split_field) for t in tasks],
                              fraction=s.holdout_fraction, seed=s.seed)
         train = [t for t, r in zip(tasks, roles) if r == TRAIN]
+        question = next((q for q in label_config.questions if not q.multiple), None)
+        if question is None:
+            raise ValueError(f"project {project}: fine-tuning learns a single-choice question, "
+                             "and the label config has none")
+        # The config's first single-choice question teaches the backbone.
+        train = [t for t in train if question.name in pool.labels[t]]
+        labels = [question.classes.index(pool.labels[t][question.name][0]) for t in train]
         if len(train) < 2:
             raise ValueError(f"project {project}: too few labelled tasks to fine-tune on "
                              "(retrain first, so their images are known to load)")
-        classes = list(label_config.classes)
-        labels = [classes.index(pool.labels[t]) for t in train]
         images = _TaskImages(rt, [pool.urls[t] for t in train], bb.resize_size)
         state = finetune_weights(bb, images, labels, config, progress=progress)
         path = save_weights(s.model_dir / "backbones", bb.name, state)

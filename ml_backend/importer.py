@@ -239,10 +239,11 @@ def import_images(ls: ImportTarget, project: int, items: Sequence[Item], *,
     for i in todo:
         task: dict = {"data": {config.value_key: urls[i]}}
         label = items[i].label if labels else None
-        if label is not None and label not in config.classes:
+        question = config.single
+        if label is not None and (question is None or label not in question.classes):
             report.unknown_labels[label] += 1
         elif label is not None:
-            task["annotations"] = [{"result": config.result(label)}]
+            task["annotations"] = [{"result": config.result({question.name: (label,)})}]
             report.annotations += 1
         tasks.append(task)
     report.task_ids = ls.import_tasks(project, tasks) if tasks else []

@@ -10,7 +10,9 @@ Studio asks for on demand joins the queue at its place.
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +27,9 @@ LAST = 1.0
 
 @dataclass
 class StoredOrder:
-    """Unlabelled tasks first to last, their priorities and pre-annotated class ("" for none)."""
+    """Unlabelled tasks first to last, their priorities and pre-annotations: per task a JSON
+    object of question -> labels ("{}" for none), or in orders kept by older releases the one
+    question's label ("" for none)."""
 
     tasks: np.ndarray
     scores: np.ndarray
@@ -45,10 +49,17 @@ class StoredOrder:
                     config: LabelConfig) -> list[dict]:
         """Label Studio prediction payloads of places `start` to `stop` of the order."""
         return [{"task": int(t), "score": float(s), "model_version": version,
-                 "result": config.result(str(label)) if label else []}
+                 "result": config.result(_answers(str(label), config))}
                 for t, s, label in zip(self.tasks[start:stop].tolist(),
                                        self.scores[start:stop].tolist(),
                                        self.labels[start:stop].tolist())]
+
+
+def _answers(label: str, config: LabelConfig) -> dict:
+    if label.startswith("{"):
+        return json.loads(label)
+    single = config.single  # an order kept before label configs could ask several questions
+    return {single.name: (label,)} if label and single is not None else {}
 
 
 def _path(settings: Settings, project: int, version: str) -> Path:
@@ -60,9 +71,10 @@ def save(settings: Settings, project: int, version: str, predictions: list[dict]
     `version`, replacing any; written to a temporary file and renamed."""
     path = _path(settings, project, version)
     path.parent.mkdir(parents=True, exist_ok=True)
-    labels = [next((c for r in p["result"] for c in r.get("value", {}).get("choices", [])), "")
-              for p in predictions]
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
+    labels = [json.dumps({r["from_name"]: r["value"]["choices"] for r in p["result"]},
+                         separators=(",", ":")) for p in predictions]
+    # Host and pid: several machines may share the model dir.
+    tmp = path.with_name(f".{path.stem}.{socket.gethostname()}-{os.getpid()}.npz")
     np.savez(tmp, tasks=np.array([p["task"] for p in predictions], dtype=np.int64),
              scores=np.array([p["score"] for p in predictions], dtype=np.float64),
              labels=np.array(labels, dtype=str))

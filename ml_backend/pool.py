@@ -8,12 +8,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ml_backend.label_config import LabelConfig
+from model.questions import Answers
 
 
 @dataclass
 class Pool:
     urls: dict[int, str] = field(default_factory=dict)  # every task with an image URL
-    labels: dict[int, str] = field(default_factory=dict)  # labelled tasks only
+    labels: dict[int, Answers] = field(default_factory=dict)  # labelled tasks: their answers
     skipped: Counter = field(default_factory=Counter)  # why tasks were left out of training
     data: dict[int, dict] = field(default_factory=dict)  # task data, for split fields
     filtered: set[int] = field(default_factory=set)  # annotated, but ANNOTATORS etc. left it out
@@ -22,13 +23,23 @@ class Pool:
     def unlabeled(self) -> list[int]:
         return [t for t in self.urls if t not in self.labels and t not in self.filtered]
 
-    def digest(self, classes: tuple[str, ...] | list[str]) -> str:
-        """What a retrain learns from: the classes, each labelled task's label and image URL.
+    def digest(self, config: LabelConfig) -> str:
+        """What a retrain learns from: the questions, each labelled task's answers and image URL.
 
         Stored with every version, so a retrain (or reconciliation) can tell nothing changed.
         """
-        items = sorted((t, self.labels[t], self.urls.get(t, "")) for t in self.labels)
-        return hashlib.sha256(json.dumps([list(classes), items]).encode()).hexdigest()[:32]
+        single = config.single
+
+        def answer(t: int) -> object:  # one single-choice question: its label, as always
+            a = self.labels[t]
+            return a[single.name][0] if single is not None else sorted(map(list, a.items()))
+
+        items = sorted((t, answer(t), self.urls.get(t, "")) for t in self.labels)
+        return hashlib.sha256(json.dumps([config.digest_key(), items]).encode()).hexdigest()[:32]
+
+    def answering(self, question: str) -> list[int]:
+        """Labelled tasks that answer `question`."""
+        return [t for t, a in self.labels.items() if question in a]
 
 
 # Reasons a task with annotations still has no training label because of a filter setting.
@@ -59,8 +70,8 @@ def task_label(
     *,
     annotators: frozenset[str] | set[str] = frozenset(),
     ground_truth_only: bool = False,
-) -> tuple[str | None, str | None]:
-    """(label, None) from the newest usable annotation, or (None, reason) when there is none.
+) -> tuple[Answers | None, str | None]:
+    """(answers, None) from the newest usable annotation, or (None, reason) when there is none.
 
     Skipped and cancelled annotations never count; the newest remaining annotation wins, so an
     annotator correcting a label replaces the old one. `annotators` (ids or emails) keeps only
@@ -80,12 +91,17 @@ def task_label(
         if not usable:
             return None, NOT_GROUND_TRUTH
     newest = max(usable, key=lambda a: (_stamp(a), a.get("id") or 0))
-    label = config.choice_of(newest.get("result") or [])
-    if label is None:
+    answers = config.answers_of(newest.get("result") or [])
+    if not answers:
         return None, "no choice in annotation"
-    if label not in config.classes:
-        return None, f"label {label!r} not in the label config"
-    return label, None
+    # A label the config no longer offers drops that question's answer, not the others'.
+    known = {name: labels for name, labels in answers.items()
+             if set(labels) <= set(config.question(name).classes)}
+    if not known:
+        name, labels = next(iter(answers.items()))
+        unknown = [x for x in labels if x not in config.question(name).classes]
+        return None, f"label {unknown[0]!r} not in the label config"
+    return known, None
 
 
 def build_pool(

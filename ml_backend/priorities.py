@@ -18,10 +18,9 @@ from ml_backend.label_config import LabelConfig
 from ml_backend.ownership import model_name
 from ml_backend.pool import Pool
 from ml_backend.runtime import Runtime
-from model.classes import best_allowed
-from model.head import predict_proba
 from model.versions import ModelVersion
 from sampling import STOCHASTIC_STRATEGIES, rank
+from sampling.questions import ACQUISITIONS, combined_confidence
 
 # Tasks whose image cannot be loaded still get a prediction (or they would be served before
 # nothing else is left), with the highest score so they come last.
@@ -63,27 +62,52 @@ def plan_order(
         emb = np.stack([vectors[t] for t in ids])
         # Annotated tasks the annotation filters leave out are not offered either.
         labeled = np.array([t in pool.labels or t in pool.filtered for t in ids])
-        probs = None
+        by_question: dict[str, np.ndarray] = {}
         if model is not None:
             passes = rt.settings.mc_passes if strategy in STOCHASTIC_STRATEGIES else 1
-            probs = predict_proba(model.head, emb, passes=passes, seed=rt.settings.seed)
+            by_question = model.probabilities(emb, config.questions, passes=passes,
+                                              seed=rt.settings.seed)
         if (~labeled).any():
+            strategy, probs, confidence = _priority_inputs(rt, config, strategy, by_question)
             ranking = rank(strategy, k=min(k, int((~labeled).sum())), labeled=labeled,
-                           probs=probs, embeddings=emb, seed=rt.settings.seed)
+                           probs=probs, embeddings=emb, seed=rt.settings.seed,
+                           confidence=confidence)
             resolved = ranking.strategy
-            best = None
-            if model is not None:
-                mean = probs.mean(axis=2) if probs.ndim == 3 else probs
-                best = best_allowed(mean[ranking.indices], model.classes, config.classes)
-            for row, (idx, score) in enumerate(zip(ranking.indices.tolist(),
-                                                   ranking.scores.tolist())):
-                result = []
-                if best is not None and best[row] >= 0:
-                    result = config.result(model.classes[best[row]])
-                predictions.append({"task": ids[idx], "result": result,
+            said = [{}] * len(ranking.indices)
+            if by_question:
+                said = model.answers({q: p[ranking.indices] for q, p in by_question.items()},
+                                     config.questions, len(ranking.indices))
+            for answers, idx, score in zip(said, ranking.indices.tolist(),
+                                           ranking.scores.tolist()):
+                predictions.append({"task": ids[idx], "result": config.result(answers),
                                     "score": float(score), "model_version": version})
     for task in pool.unlabeled:
         if task not in vectors:
             predictions.append({"task": task, "result": [], "score": UNLOADABLE_SCORE,
                                 "model_version": version})
     return Plan(version, resolved, predictions, errors)
+
+
+def _priority_inputs(rt: Runtime, config: LabelConfig, strategy: str,
+                     by_question: dict[str, np.ndarray]
+                     ) -> tuple[str, np.ndarray | None, np.ndarray | None]:
+    """What `rank` orders by: one single-choice question's probabilities, as always; with
+    several questions or a multiple-choice one, one confidence combining every head's
+    (`sampling.questions`), weighted by QUESTION_WEIGHTS. BADGE and DropQuery need one
+    question's class probabilities: there they give way to Cluster-Margin, the batch strategy
+    closest to them that a combined confidence can drive."""
+    single = config.single
+    if not by_question or (single is not None and single.name in by_question):
+        return strategy, next(iter(by_question.values()), None), None
+    kinds = {q.name: q.multiple for q in config.questions}
+    names = list(by_question)
+    s = rt.settings
+    confidence = combined_confidence(
+        [by_question[q] for q in names], [kinds[q] for q in names],
+        acquisition=strategy if strategy in ACQUISITIONS else "margin",
+        label_acquisition="bald" if strategy == "bald" else s.label_uncertainty,
+        label_aggregate=s.label_aggregate,
+        weights=[s.question_weights.get(q, 1.0) for q in names])
+    if strategy in ("badge", "dropquery"):
+        strategy = "cluster_margin"
+    return strategy, None, confidence

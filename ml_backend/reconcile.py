@@ -48,7 +48,7 @@ def check(rt: Runtime, project: int, ctx: StepContext) -> dict:
         out["prune"] = ctx.enqueue_followup("prune", project, REASON)["status"]
     if not pool.labels:
         return out | {"status": "in step"}
-    if pool.digest(config.classes) == trained_digest(rt, project):
+    if pool.digest(config) == trained_digest(rt, project):
         pending = unpublished(rt, project, unlabelled=bool(pool.unlabeled))
         if pending is None:
             return out | {"status": "in step"}

@@ -17,10 +17,8 @@ from ml_backend.labelstudio import LabelStudioAPI, LabelStudioClient
 from ml_backend.ownership import model_name, serving_name
 from ml_backend.settings import Settings
 from model.backbone import Backbone, load_backbone
-from model.classes import best_allowed
 from model.embeddings import EmbeddingStore, embed_tasks
 from model.store import check_cache_location
-from model.head import predict_proba
 from model.versions import ModelVersion, VersionStore
 
 log = logging.getLogger(__name__)
@@ -189,16 +187,13 @@ class Runtime:
         for task, err in errors.items():
             log.warning("project %s task %s: no prediction: %s", project, task, err)
         ids = [t for t in (int(task["id"]) for task in tasks) if t in vectors]
-        probs = predict_proba(model.head, np.stack([vectors[t] for t in ids])) if ids else None
-        # Only classes the current config still offers may be proposed.
-        best = best_allowed(probs, model.classes, config.classes) if ids else []
         by_task = {}
-        for row, t in enumerate(ids):
-            if best[row] < 0:
-                break
-            by_task[t] = {
-                "result": config.result(model.classes[best[row]]),
-                "score": priority(t),
-                "model_version": version,
-            }
+        if ids:
+            x = np.stack([vectors[t] for t in ids])
+            # Only classes the current config still offers may be proposed.
+            said = model.answers(model.probabilities(x, config.questions), config.questions,
+                                 len(ids))
+            by_task = {t: {"result": config.result(answers), "score": priority(t),
+                           "model_version": version}
+                       for t, answers in zip(ids, said) if answers}
         return [by_task.get(int(task["id"])) or empty(int(task["id"])) for task in tasks]

@@ -125,6 +125,19 @@ class Settings(BaseSettings):
         "", description="URL Label Studio uses to reach this backend (finds it among ML backends)."
     )
     mc_passes: int = Field(10, ge=2, description="Stochastic passes for the bald strategy.")
+    # Label configs with several questions or a multiple-choice one (sampling/questions.py).
+    label_uncertainty: Literal["margin", "entropy"] = Field(
+        "margin", description="Uncertainty of each label of a multiple-choice question: its "
+        "binary margin or entropy.",
+    )
+    label_aggregate: Literal["mean", "max"] = Field(
+        "mean", description="A multiple-choice question's uncertainty from its labels': their "
+        "mean, or the most uncertain label's (max).",
+    )
+    question_weights: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict, description="How much each question counts in the priority, as "
+        "name:weight pairs (species:2,count:1); questions not named weigh 1. Default: the mean.",
+    )
     # Head training, evaluation and promotion (model/training.py, model/promotion.py).
     head_hidden: int = Field(0, ge=0, description="Hidden units of the MLP head; 0: linear head.")
     head_dropout: float = Field(
@@ -149,7 +162,9 @@ class Settings(BaseSettings):
         False, description="Train only on annotations marked as ground truth."
     )
     promotion_metric: str = Field(
-        "macro_f1", description="accuracy, macro_f1, precision:<class> or recall:<class>."
+        "macro_f1", description="accuracy, macro_f1, micro_f1 or subset_accuracy, each the mean "
+        "over the label config's questions or one question's (macro_f1:species); "
+        "precision:<class> or recall:<class>."
     )
     promotion_tolerance: float = Field(
         0.02, ge=0, description="How much worse than the serving version a new one may be."
@@ -185,6 +200,23 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [a.strip().lower() for a in value.split(",") if a.strip()]
         return value
+
+    @field_validator("question_weights", mode="before")
+    @classmethod
+    def _split_weights(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        out = {}
+        for pair in filter(None, (p.strip() for p in value.split(","))):
+            name, sep, weight = pair.rpartition(":")
+            try:
+                out[name.strip()] = float(weight)
+            except ValueError:
+                sep = ""
+            if not sep or not name.strip() or out[name.strip()] < 0:
+                raise ValueError(f"QUESTION_WEIGHTS wants name:weight pairs with weights >= 0, "
+                                 f"got {pair!r}")
+        return out
 
     @field_validator("promotion_metric")
     @classmethod

@@ -26,7 +26,7 @@ from ml_backend.priorities import plan_order
 from ml_backend.pruning import make_room, prune_versions
 from ml_backend.queue_state import ProjectQueue
 from ml_backend.runtime import Runtime
-from model.training import train_candidate
+from model.training import train_questions
 from model.versions import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def retrain(rt: Runtime, project: int, ctx: StepContext = StepContext(), *,
     unless `force`, only if the labels changed (duplicate, late or replayed webhooks and
     reconciliation then never train the same labels twice)."""
     config, pool = read_pool(rt, project, ctx)
-    digest = pool.digest(config.classes)
+    digest = pool.digest(config)
     if not force and pool.labels and digest == trained_digest(rt, project):
         log.info("project %s: labels unchanged since the newest version, no retrain", project)
         out = {"version": None, "unchanged": True, "n_labels": len(pool.labels)}
@@ -157,9 +157,10 @@ def train_version(rt: Runtime, project: int, config: LabelConfig, pool: Pool,
             raise RuntimeError(
                 f"project {project}: no labelled image could be loaded (see the warnings above; "
                 "IMAGE_HOSTS allows other hosts, LABEL_STUDIO_API_KEY reaches Label Studio's)")
-        candidate = train_candidate(
+        candidate = train_questions(
             np.stack([vectors[t] for t in tasks]), [pool.labels[t] for t in tasks], tasks,
-            list(config.classes), marks=[pool.data[t].get(rt.settings.split_field) for t in tasks],
+            list(config.questions),
+            marks=[pool.data[t].get(rt.settings.split_field) for t in tasks],
             fingerprint=bb.fingerprint, serving=serving, config=rt.settings.train_config(),
             serving_x=_serving_x(rt, project, serving, bb, {t: pool.urls[t] for t in tasks}),
         )

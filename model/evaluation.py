@@ -46,3 +46,43 @@ def predict_classes(head, head_classes: list[str], x: np.ndarray, classes: list[
         return np.full(len(x), -1, dtype=np.int64)
     best = best_allowed(predict_proba(head, x), head_classes, classes)
     return np.array([classes.index(head_classes[i]) for i in best], dtype=np.int64)
+
+
+def evaluate_multilabel(truth: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict:
+    """Metrics of a multiple-choice question (`truth`, `pred`: [n, L] of 0/1): micro- and
+    macro-F1 over labels, subset accuracy (every label right; also its `accuracy`), and
+    per-label precision and recall."""
+    truth, pred = np.asarray(truth, dtype=bool), np.asarray(pred, dtype=bool)
+    if len(truth) == 0:
+        return {"n": 0, "accuracy": None, "subset_accuracy": None, "macro_f1": None,
+                "micro_f1": None, "per_class": {}}
+    tp, said, true = (truth & pred).sum(0), pred.sum(0), truth.sum(0)
+    f1 = np.divide(2 * tp, said + true, out=np.zeros(len(classes)), where=(said + true) > 0)
+    subset = float((truth == pred).all(1).mean())
+    return {
+        "n": len(truth),
+        "accuracy": subset,
+        "subset_accuracy": subset,
+        "macro_f1": float(f1.mean()),
+        "micro_f1": float(2 * tp.sum() / max(said.sum() + true.sum(), 1)),
+        "per_class": {
+            c: {"precision": float(tp[i] / said[i]) if said[i] else 0.0,
+                "recall": float(tp[i] / true[i]) if true[i] else 0.0, "support": int(true[i])}
+            for i, c in enumerate(classes)
+        },
+    }
+
+
+def combine(per_question: dict[str, dict]) -> dict:
+    """One version's metrics over several questions: accuracy and macro-F1 are the means over
+    the questions measured (the default promotion metric), each question's own under
+    `questions`."""
+    measured = {q: m for q, m in per_question.items() if m and m.get("n")}
+
+    def mean(key: str) -> float | None:
+        values = [m[key] for m in measured.values() if m.get(key) is not None]
+        return float(np.mean(values)) if values else None
+
+    return {"n": max((m["n"] for m in measured.values()), default=0),
+            "accuracy": mean("accuracy"), "macro_f1": mean("macro_f1"),
+            "questions": per_question}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -20,7 +20,8 @@ class Head(nn.Module):
     the standardisation is folded into the first Linear, so scoring is one matrix product.
     """
 
-    def __init__(self, dim: int, n_classes: int, hidden: int = 0, dropout: float = 0.2):
+    def __init__(self, dim: int, n_classes: int, hidden: int = 0, dropout: float = 0.2,
+                 multiple: bool = False):
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
@@ -29,6 +30,8 @@ class Head(nn.Module):
             layers += [nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_classes)]
         self.body = nn.Sequential(*layers)
         self.config = {"dim": dim, "n_classes": n_classes, "hidden": hidden, "dropout": dropout}
+        if multiple:  # one sigmoid per label (a multiple-choice question), not one softmax
+            self.config["multiple"] = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
@@ -45,7 +48,8 @@ class Head(nn.Module):
 class Ensemble(nn.Module):
     """Heads trained on bootstrap resamples: their disagreement is the model's uncertainty.
 
-    `forward` returns the log of the members' mean probabilities, so softmax of it is the mean.
+    `forward` returns the log of the members' mean probabilities, so softmax of it is the mean
+    (for multiple-choice heads, the logit of the mean, so its sigmoid is).
     """
 
     def __init__(self, members: list[Head]):
@@ -54,12 +58,38 @@ class Ensemble(nn.Module):
         self.config = {**members[0].config, "members": len(members)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = [torch.softmax(m(x), dim=1) for m in self.members]
-        return torch.log(torch.stack(probs).mean(0).clamp_min(1e-12))
+        probs = torch.stack([activation(m, m(x)) for m in self.members]).mean(0)
+        if self.config.get("multiple"):
+            return torch.logit(probs, eps=1e-6)
+        return torch.log(probs.clamp_min(1e-12))
 
 
-def build_head(config: dict) -> Head | Ensemble:
-    """An untrained head of a saved `config` (a version's `head_config`)."""
+def activation(head: nn.Module, logits: torch.Tensor) -> torch.Tensor:
+    """Probabilities from a head's logits: a softmax over classes, or a sigmoid per label."""
+    return torch.sigmoid(logits) if head.config.get("multiple") else torch.softmax(logits, dim=1)
+
+
+class QuestionHeads(nn.Module):
+    """One head per question, in the questions' order, sharing the input embeddings.
+
+    `forward` returns the heads' logits concatenated (what ONNX export traces); a version with one
+    single-choice question stores its plain head instead, as versions always have.
+    """
+
+    def __init__(self, heads: Sequence[nn.Module]):
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+        self.config = {"questions": [h.config for h in heads]}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([h(x) for h in self.heads], dim=1)
+
+
+def build_head(config: dict) -> nn.Module:
+    """An untrained head of a saved `config` (a version's `head_config`): a head, an ensemble,
+    or one of those per question (`QuestionHeads`)."""
+    if "questions" in config:
+        return QuestionHeads([build_head(c) for c in config["questions"]])
     config = dict(config)
     members = config.pop("members", 0)
     if members:
@@ -71,6 +101,13 @@ def build_head(config: dict) -> Head | Ensemble:
 class TrainReport:
     epochs: int
     seconds: float
+
+
+def label_weights(y: np.ndarray) -> np.ndarray:
+    """Per label of a multiple-choice question (`y` [n, L] of 0/1), the weight of a positive:
+    negatives over positives, capped, so a rare label is not learnt as never present."""
+    pos = y.sum(0)
+    return np.clip((len(y) - pos) / np.maximum(pos, 1), 1.0, 100.0).astype(np.float32)
 
 
 def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
@@ -126,6 +163,9 @@ def train_head(
 ) -> tuple[Head, TrainReport]:
     """Train a head with full-batch Adam and a class-weighted loss for a fixed number of epochs.
 
+    `y` holds class indices [n], or for a multiple-choice question 0/1 per label [n, L]: then
+    each label gets a sigmoid and a binary loss weighted by `label_weights`.
+
     No early stopping: with few labels its validation slice is a handful of rows, and the
     epoch it picked swung accuracy by up to 0.3 on digits (0.12-0.41 at 20 labels, 0.81-0.90
     at 800); weight decay and dropout regularise instead. Deterministic for a seed.
@@ -133,7 +173,8 @@ def train_head(
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     x = np.asarray(x, dtype=np.float32)
-    y = np.asarray(y, dtype=np.int64)
+    multiple = np.ndim(y) == 2
+    y = np.asarray(y, dtype=np.float32 if multiple else np.int64)
     if len(y) == 0:
         raise ValueError("no labelled examples to train on")
 
@@ -142,7 +183,7 @@ def train_head(
     mean, std = xt.mean(0), xt.std(0, unbiased=False).clamp_min(1e-6)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        head = Head(x.shape[1], n_classes, hidden=hidden, dropout=dropout)
+        head = Head(x.shape[1], n_classes, hidden=hidden, dropout=dropout, multiple=multiple)
     head.mean.copy_(mean)
     head.std.copy_(std)
     # Standardise once; the epochs then run the body on fixed inputs.
@@ -153,7 +194,10 @@ def train_head(
         scaled = xs * (1.0 / (1.0 - p))  # dropout's rescaling, done once
         dropped = torch.empty_like(xs)
     layers = head.body[1:]  # the input dropout is applied through the mask pool
-    loss_fn = nn.CrossEntropyLoss(weight=torch.from_numpy(class_weights(y, n_classes)))
+    if multiple:
+        loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.from_numpy(label_weights(y)))
+    else:
+        loss_fn = nn.CrossEntropyLoss(weight=torch.from_numpy(class_weights(y, n_classes)))
     opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
     head.train()
     with torch.random.fork_rng(devices=[]), _threads_for(xs.numel()):
@@ -187,10 +231,13 @@ def train_ensemble(
     y = np.asarray(y)
     heads = []
     for m in range(members):
-        idx = np.concatenate([
-            rng.choice(rows, size=len(rows), replace=True)
-            for rows in (np.flatnonzero(y == c) for c in np.unique(y))
-        ])
+        if y.ndim == 2:  # multiple-choice: a plain bootstrap of the rows
+            idx = rng.choice(len(y), size=len(y), replace=True)
+        else:
+            idx = np.concatenate([
+                rng.choice(rows, size=len(rows), replace=True)
+                for rows in (np.flatnonzero(y == c) for c in np.unique(y))
+            ])
         head, _ = train_head(x[idx], y[idx], n_classes, hidden=hidden, dropout=dropout,
                              epochs=epochs, seed=seed + 1 + m)
         heads.append(head)
@@ -202,6 +249,7 @@ def predict_proba(
     head: Head | Ensemble, x: np.ndarray, passes: int = 1, seed: int = 0, chunk: int = 65536
 ) -> np.ndarray:
     """Class probabilities `[n, c]`; with `passes > 1`, stochastic samples `[n, c, T]`.
+    (For a multiple-choice head, each label's own probability: rows do not sum to 1.)
 
     The samples are MC-dropout passes of a single head (T = passes), or the members of an
     ensemble (T = number of members, whatever `passes` says).
@@ -209,11 +257,11 @@ def predict_proba(
     xt = torch.from_numpy(np.asarray(x, dtype=np.float32))
     if passes <= 1:
         head.eval()
-        return torch.cat([torch.softmax(head(xt[i : i + chunk]), dim=1)
+        return torch.cat([activation(head, head(xt[i : i + chunk]))
                           for i in range(0, max(len(xt), 1), chunk)]).numpy()
     if isinstance(head, Ensemble):
         head.eval()
-        return torch.stack([torch.softmax(m(xt), dim=1) for m in head.members], dim=2).numpy()
+        return torch.stack([activation(m, m(xt)) for m in head.members], dim=2).numpy()
     return _mc_dropout(head, xt, passes, seed)
 
 
@@ -240,7 +288,7 @@ def _mc_dropout(head: Head, xt: torch.Tensor, passes: int, seed: int,
                     masks = torch.rand(len(z) + passes, z.shape[1], generator=gen) >= p
                 for t in range(passes):
                     zt = z * masks[t : t + len(z)] if p > 0 else z
-                    out[i : i + chunk, :, t] = torch.softmax(layers(zt), dim=1)
+                    out[i : i + chunk, :, t] = activation(head, layers(zt))
     finally:
         head.eval()
     return out.numpy()

@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import numpy as np
 
-METRICS = ("accuracy", "macro_f1")
+METRICS = ("accuracy", "macro_f1", "micro_f1", "subset_accuracy")
 PER_CLASS = ("precision", "recall")
 CONFIDENCE = 0.95  # refuse only when the old version is better in this share of resamples
 RESAMPLES = 400
 
 
 def check_metric(metric: str) -> str:
-    """`metric` if it names a metric this rule understands, else ValueError saying which do."""
+    """`metric` if it names a metric this rule understands, else ValueError saying which do.
+
+    `macro_f1` etc. alone mean the mean over a label config's questions; `macro_f1:<question>`
+    one question's."""
     kind, _, cls = metric.partition(":")
-    if (metric in METRICS) or (kind in PER_CLASS and cls):
+    if kind in METRICS or (kind in PER_CLASS and cls):
         return metric
     raise ValueError(
-        f"unknown promotion metric {metric!r}: use accuracy, macro_f1, precision:<class> "
-        "or recall:<class>"
+        f"unknown promotion metric {metric!r}: use accuracy, macro_f1, micro_f1 or "
+        "subset_accuracy (each optionally :<question>), precision:<class> or recall:<class>"
     )
 
 
@@ -30,8 +33,10 @@ def metric_value(metrics: dict | None, metric: str) -> float | None:
     if not metrics or not metrics.get("n"):
         return None
     kind, _, cls = check_metric(metric).partition(":")
-    if not cls:
-        return metrics.get(kind)
+    if kind in METRICS:
+        if cls and "questions" in metrics:  # one question of several
+            return metric_value((metrics["questions"] or {}).get(cls), kind)
+        return metrics.get(kind, metrics.get("accuracy") if kind == "subset_accuracy" else None)
     entry = (metrics.get("per_class") or {}).get(cls)
     return None if entry is None else entry.get(kind)
 
@@ -116,3 +121,39 @@ def decide(
                       f"on {n} held-out tasks by more than {tolerance}"
                       + ("" if p_worse is None else f" (in {p_worse:.0%} of resamples)")
                       + ": the old version keeps serving"}
+
+
+def _indicator_scores(truth: np.ndarray, pred: np.ndarray, answered: np.ndarray,
+                      kind: str) -> np.ndarray:
+    """`kind` per resample of one question: `truth`, `pred` [R, n, C] of 0/1 (one-hot for a
+    single-choice question), `answered` [R, n] the rows that answer it."""
+    w = answered[:, :, None]
+    if kind in ("accuracy", "subset_accuracy"):
+        right = ((truth == pred).all(axis=2) & answered).sum(1)
+        return right / np.maximum(answered.sum(1), 1)
+    tp = (truth & pred & w).sum(1)
+    said, true = (pred & w).sum(1), (truth & w).sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if kind == "micro_f1":
+            return np.nan_to_num(2 * tp.sum(1) / (said.sum(1) + true.sum(1)))
+        return np.nan_to_num(2 * tp / (said + true)).mean(axis=1)
+
+
+def worse_share_questions(truth: list[np.ndarray], new: list[np.ndarray], old: list[np.ndarray],
+                          answered: list[np.ndarray], names: list[str], metric: str,
+                          resamples: int = RESAMPLES, seed: int = 0) -> float:
+    """`worse_share` for several questions: per question the truth and both versions' answers as
+    0/1 matrices [n, C] and the held-out rows that answer it [n]; `metric` is the mean over the
+    questions, or over the one it names (`macro_f1:species`)."""
+    kind, _, name = check_metric(metric).partition(":")
+    chosen = [i for i, q in enumerate(names) if kind in METRICS and (not name or q == name)]
+    n = len(answered[0]) if answered else 0
+    if n == 0 or not chosen:
+        return 0.0
+    idx = np.random.default_rng(seed).integers(0, n, (resamples, n))
+
+    def score(preds: list[np.ndarray]) -> np.ndarray:
+        return np.mean([_indicator_scores(truth[i][idx], preds[i][idx], answered[i][idx], kind)
+                        for i in chosen], axis=0)
+
+    return float((score(old) > score(new)).mean())

@@ -8,9 +8,20 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from model.evaluation import evaluate, predict_classes
-from model.head import EPOCHS, WEIGHT_DECAY, Ensemble, Head, predict_proba, train_ensemble, train_head
-from model.promotion import decide, worse_share
+from model.evaluation import combine, evaluate, evaluate_multilabel, predict_classes
+from model.head import (
+    EPOCHS,
+    WEIGHT_DECAY,
+    Ensemble,
+    Head,
+    QuestionHeads,
+    predict_proba,
+    train_ensemble,
+    train_head,
+)
+from model.promotion import decide, worse_share, worse_share_questions
+from model.questions import Answers, Question, best_thresholds, matching
+from model.questions import decide as answer
 from model.versions import ModelVersion
 
 TRAIN, VAL, TEST = "train", "val", "test"
@@ -181,3 +192,165 @@ def judge(head: Head | Ensemble, classes: list[str], x: np.ndarray, serving: Mod
                           seed=config.seed)
     return decide(config.metric, evaluate(y[rows], new_pred, classes),
                   evaluate(y[rows], old_pred, classes), config.tolerance, n=n, p_worse=p_worse)
+
+
+def train_questions(
+    x: np.ndarray,
+    answers: list[Answers],
+    tasks: list[int],
+    questions: list[Question],
+    *,
+    marks: list[object] | None = None,
+    fingerprint: str | None = None,
+    serving: ModelVersion | None = None,
+    serving_x: np.ndarray | None = None,
+    config: TrainConfig = TrainConfig(),
+) -> Candidate:
+    """A candidate version for a label config's `questions` from each task's `answers`.
+
+    One single-choice question (serving nothing else) trains as versions always have: one
+    plain head (`train_candidate`), its question's name recorded. Otherwise every question gets
+    its own head, trained on the tasks that answer it (an annotation that answers only some
+    questions trains only those heads); a question no training task answers yet gets none.
+    """
+    single = len(questions) == 1 and not questions[0].multiple
+    if single and (serving is None or "questions" not in serving.meta
+                   or len(serving.questions) == 1 and not serving.questions[0].multiple):
+        q = questions[0]
+        cand = train_candidate(x, [a[q.name][0] for a in answers], tasks, list(q.classes),
+                               marks=marks, fingerprint=fingerprint, serving=serving,
+                               serving_x=serving_x, config=config)
+        cand.meta["questions"] = [q.as_json()]
+        return cand
+    start = time.perf_counter()
+    tasks = [int(t) for t in tasks]
+    roles = assign_roles(tasks, marks or [None] * len(tasks), fraction=config.holdout,
+                         seed=config.seed, min_labels=config.min_labels)
+    if not (roles == TRAIN).any():
+        raise ValueError("every labelled task is held out: nothing left to train on")
+    heads, described, metrics, test_metrics, counts = [], [], {}, {}, {}
+    for q in questions:
+        rows = np.array([q.name in a for a in answers], dtype=bool)
+        train = rows & (roles == TRAIN)
+        if not train.any():
+            continue
+        y = _targets(q, [a.get(q.name, ()) for a in answers])
+        head = _fit_question(x[train], y[train], q, config)
+        val, test = rows & (roles == VAL), rows & (roles == TEST)
+        thresholds = None
+        if q.multiple:
+            thresholds = best_thresholds(y[val], predict_proba(head, x[val])) if val.any() \
+                else None
+        heads.append(head)
+        described.append(q.as_json() | {"thresholds": thresholds})
+        metrics[q.name] = _measure(head, q, thresholds, x[val], y[val])
+        test_metrics[q.name] = _measure(head, q, thresholds, x[test], y[test])
+        counts[q.name] = {c: int((y[rows] == i).sum()) if not q.multiple else int(y[rows, i].sum())
+                          for i, c in enumerate(q.classes)}
+    head = QuestionHeads(heads)
+    meta = {
+        "questions": described,
+        "n_labels": len(tasks),
+        "n_train": int((roles == TRAIN).sum()),
+        "label_counts": counts,
+        "n_heldout": int((roles == VAL).sum()),
+        "n_test": int((roles == TEST).sum()),
+        "metrics": combine(metrics),
+        "test_metrics": combine(test_metrics) if (roles == TEST).any() else None,
+        "train": {"epochs": EPOCHS, "weight_decay": WEIGHT_DECAY, **asdict(config)},
+        "train_seconds": round(time.perf_counter() - start, 4),
+    }
+    by_role = {r: [t for t, role in zip(tasks, roles) if role == r] for r in (TRAIN, VAL, TEST)}
+    same_backbone = serving is not None and (
+        fingerprint is None or serving.meta.get("backbone_fingerprint") == fingerprint)
+    if serving is None:
+        verdict = decide(config.metric, None, None, config.tolerance,
+                         reason="no version serves yet")
+    elif not same_backbone and serving_x is None:
+        verdict = decide(config.metric, None, None, config.tolerance,
+                         reason="the serving version uses another backbone: not comparable")
+    else:
+        new = ModelVersion("candidate", head, {"questions": described})
+        verdict = judge_questions(new, x, serving, x if same_backbone else serving_x, answers,
+                                  tasks, roles, questions, config)
+    meta["promotion"] = verdict
+    return Candidate(head, meta, by_role)
+
+
+def _targets(q: Question, answers: list[tuple[str, ...]]) -> np.ndarray:
+    """Class indices [n] (-1 where unanswered) for a single-choice question; 0/1 per label
+    [n, L] for a multiple-choice one."""
+    if not q.multiple:
+        return np.array([q.classes.index(a[0]) if a else -1 for a in answers], dtype=np.int64)
+    return np.array([[c in a for c in q.classes] for a in answers], dtype=np.float32).reshape(
+        len(answers), len(q.classes))
+
+
+def _fit_question(x: np.ndarray, y: np.ndarray, q: Question, c: TrainConfig) -> Head | Ensemble:
+    kw = {"hidden": c.hidden, "dropout": c.dropout, "seed": c.seed}
+    if c.ensemble >= 2:
+        return train_ensemble(x, y, len(q.classes), c.ensemble, **kw)
+    return train_head(x, y, len(q.classes), **kw)[0]
+
+
+def _indicators(q: Question, chosen: list[tuple[str, ...]]) -> np.ndarray:
+    return np.array([[c in a for c in q.classes] for a in chosen], dtype=bool).reshape(
+        len(chosen), len(q.classes))
+
+
+def _measure(head, q: Question, thresholds, x: np.ndarray, y: np.ndarray) -> dict | None:
+    if len(y) == 0:
+        return None
+    probs = predict_proba(head, x)
+    if q.multiple:
+        return evaluate_multilabel(y.astype(bool), _indicators(q, answer(probs, q, q.classes,
+                                                                         thresholds)),
+                                   list(q.classes))
+    return evaluate(y, probs.argmax(1), list(q.classes))
+
+
+def judge_questions(new: ModelVersion, x: np.ndarray, serving: ModelVersion,
+                    serving_x: np.ndarray, answers: list[Answers], tasks: list[int],
+                    roles: np.ndarray, questions: list[Question], config: TrainConfig) -> dict:
+    """The promotion decision for a version answering several questions: both versions'
+    answers, per question, on the held-out tasks neither was trained on, each question
+    measured on the tasks that answer it and the metric averaged over the questions (or taken
+    from the one it names)."""
+    trained_on = set(serving.tasks.get(TRAIN, []))
+    rows = np.array([r == VAL and t not in trained_on for t, r in zip(tasks, roles)], dtype=bool)
+    n = int(rows.sum())
+    if n < config.min_heldout:
+        return decide(config.metric, None, None, config.tolerance,
+                      reason=f"only {n} held-out tasks to compare on "
+                             f"(PROMOTION_MIN_HELDOUT={config.min_heldout})")
+    held = [a for a, r in zip(answers, rows) if r]
+    truth, new_said, old_said, answered, new_m, old_m = [], [], [], [], {}, {}
+    for q in questions:
+        mask = np.array([q.name in a for a in held], dtype=bool)
+        t = _indicators(q, [a.get(q.name, ()) for a in held])
+        said = [_said(v, q, xx[rows]) for v, xx in ((new, x), (serving, serving_x))]
+        truth.append(t), new_said.append(said[0]), old_said.append(said[1])
+        answered.append(mask)
+        if mask.any():
+            new_m[q.name], old_m[q.name] = (_metrics(q, t[mask], s[mask]) for s in said)
+    p_worse = worse_share_questions(truth, new_said, old_said, answered,
+                                    [q.name for q in questions], config.metric, seed=config.seed)
+    return decide(config.metric, combine(new_m), combine(old_m), config.tolerance, n=n,
+                  p_worse=p_worse)
+
+
+def _said(version: ModelVersion, q: Question, x: np.ndarray) -> np.ndarray:
+    """What `version` answers to question `q` on `x`, as 0/1 over `q`'s labels (nothing when it
+    has no head for `q`)."""
+    mine = matching(version.questions, [q]).get(q.name)
+    if mine is None or len(x) == 0:
+        return np.zeros((len(x), len(q.classes)), dtype=bool)
+    head = version.heads[version.questions.index(mine)]
+    return _indicators(q, answer(predict_proba(head, x), mine, q.classes,
+                                 version.thresholds(mine.name)))
+
+
+def _metrics(q: Question, truth: np.ndarray, said: np.ndarray) -> dict:
+    if q.multiple:
+        return evaluate_multilabel(truth, said, list(q.classes))
+    return evaluate(truth.argmax(1), np.where(said.any(1), said.argmax(1), -1), list(q.classes))

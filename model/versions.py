@@ -29,9 +29,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from model.head import Ensemble, Head, build_head
+from model.head import Ensemble, Head, QuestionHeads, build_head, predict_proba
+from model.questions import Answers, Question, decide, matching
 
 UNTRAINED = "untrained"
 _NAME = re.compile(r"^v(\d+)$")
@@ -47,13 +49,59 @@ class UnknownVersion(KeyError):
 @dataclass
 class ModelVersion:
     name: str
-    head: Head | Ensemble
+    head: Head | Ensemble | QuestionHeads
     meta: dict
     path: Path | None = field(default=None, repr=False)
 
     @property
     def classes(self) -> list[str]:
+        """The classes of a version with one single-choice question (every version before
+        label configs could ask several)."""
+        if "classes" not in self.meta:
+            raise ValueError(f"{self.name} answers several questions: use its `questions`")
         return list(self.meta["classes"])
+
+    @property
+    def questions(self) -> list[Question]:
+        """The questions this version answers, in the order of its `heads`."""
+        if "questions" in self.meta:
+            return [Question.from_json(q) for q in self.meta["questions"]]
+        return [Question("", tuple(self.meta["classes"]))]  # trained before questions had names
+
+    @property
+    def heads(self) -> list[Head | Ensemble]:
+        """One head per question, in the order of `questions`."""
+        if isinstance(self.head, QuestionHeads):
+            return list(self.head.heads)
+        return [self.head]
+
+    def thresholds(self, question: str) -> list[float] | None:
+        """A multiple-choice question's per-label thresholds (None: 0.5 each)."""
+        for q in self.meta.get("questions") or []:
+            if q["name"] == question:
+                return q.get("thresholds")
+        return None
+
+    def probabilities(self, x: np.ndarray, offered: list[Question] | tuple[Question, ...], *,
+                      passes: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+        """Per question `offered` (the label config's now) this version has a head for, that
+        head's probabilities over its own classes: [n, c], or [n, c, T] for `passes` > 1."""
+        mine = matching(self.questions, offered)
+        return {name: predict_proba(self.heads[self.questions.index(q)], x, passes=passes,
+                                    seed=seed)
+                for name, q in mine.items()}
+
+    def answers(self, probs: dict[str, np.ndarray],
+                offered: list[Question] | tuple[Question, ...], n: int) -> list[Answers]:
+        """The pre-annotation of each of `n` rows of `probs` (see `probabilities`): per offered
+        question, what this version answers among the labels the config still offers
+        (`model.questions.decide`); questions it cannot answer are left out."""
+        mine = matching(self.questions, offered)
+        said = {q.name: decide(probs[q.name], mine[q.name], q.classes,
+                               self.thresholds(mine[q.name].name))
+                for q in offered if q.name in probs}
+        return [{name: labels[i] for name, labels in said.items() if labels[i]}
+                for i in range(n)]
 
     @cached_property
     def tasks(self) -> dict[str, list[int]]:

@@ -22,6 +22,11 @@ class Pool:
     unlabeled: np.ndarray  # int64 [m], ascending
     probs: np.ndarray | None  # [n, c] or [n, c, T]
     embeddings: np.ndarray | None  # [n, d], C-contiguous float32/float64
+    confidence: np.ndarray | None = None  # [n] in [0, 1], given instead of being derived
+
+    def uncertainty_score(self, score) -> np.ndarray:
+        """`score(probs)` [n], or the confidence given for every item (several questions)."""
+        return self.confidence if self.confidence is not None else score(self.mean_probs)
 
     @property
     def mean_probs(self) -> np.ndarray:
@@ -40,10 +45,16 @@ def _as_float_array(name: str, a: object, ndims: tuple[int, ...]) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def check_inputs(labeled: object, probs: object, embeddings: object) -> Pool:
+def check_inputs(labeled: object, probs: object, embeddings: object,
+                 confidence: object = None) -> Pool:
     """A `Pool` of the arguments, or ValueError naming what is wrong with them."""
-    p = e = None
+    p = e = conf = None
     sizes: dict[str, int] = {}
+    if confidence is not None:
+        conf = np.asarray(confidence, dtype=np.float64)
+        if conf.ndim != 1 or not np.all((conf >= 0) & (conf <= 1)):
+            raise ValueError("confidence must be a 1-D array of numbers in [0, 1]")
+        sizes["confidence"] = conf.shape[0]
     if probs is not None:
         p = _as_float_array("probs", probs, (2, 3))
         if p.shape[1] == 0:
@@ -68,12 +79,18 @@ def check_inputs(labeled: object, probs: object, embeddings: object) -> Pool:
         raise ValueError("pass labeled, probs or embeddings so the pool size is known")
     if len(set(sizes.values())) > 1:
         raise ValueError(f"inputs disagree on the pool size n: {sizes}")
-    return Pool(lab, np.flatnonzero(~lab).astype(np.int64), p, e)
+    return Pool(lab, np.flatnonzero(~lab).astype(np.int64), p, e, conf)
 
 
 def check_needs(name: str, needs: tuple[str, ...], pool: Pool) -> None:
     """ValueError when `pool` lacks an input strategy `name` needs."""
+    if pool.confidence is not None and "class probs" in needs:
+        raise ValueError(f"strategy {name!r} needs one question's class probabilities; with a "
+                         "confidence over several questions use margin, entropy, "
+                         "least_confidence, bald, uherding, cluster_margin or a geometric one")
     for need in needs:
+        if pool.confidence is not None and need in ("probs", "stochastic probs"):
+            continue  # the confidence stands for the probabilities
         if need == "embeddings" and pool.embeddings is None:
             raise ValueError(f"strategy {name!r} needs embeddings")
         if need == "probs" and pool.probs is None:

@@ -79,7 +79,10 @@ Strategy = Callable[[Pool, int, int | None], tuple[np.ndarray, np.ndarray | None
 
 def _by_confidence(score: Callable[[np.ndarray], np.ndarray], stochastic: bool = False) -> Strategy:
     def run(pool: Pool, k: int, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
-        s = score(pool.probs if stochastic else pool.mean_probs)[pool.unlabeled]
+        if pool.confidence is not None:
+            s = pool.confidence[pool.unlabeled]
+        else:
+            s = score(pool.probs if stochastic else pool.mean_probs)[pool.unlabeled]
         order = np.argsort(s, kind="stable")
         return pool.unlabeled[order], s[order]
 
@@ -195,7 +198,7 @@ def _cluster_margin(pool: Pool, k: int, seed: int | None) -> tuple[np.ndarray, N
     candidates, then every other point by margin.
     """
     u = pool.unlabeled
-    s = acquisition.margin(pool.mean_probs)[u]
+    s = pool.uncertainty_score(acquisition.margin)[u]
     by_margin = np.argsort(s, kind="stable")
     cand = by_margin[: min(len(u), CLUSTER_MARGIN_CANDIDATES_PER_PICK * k)]
     n_clusters = min(k, len(cand))
@@ -217,8 +220,8 @@ def _herding(uncertain: bool) -> Strategy:
     def run(pool: Pool, k: int, seed: int | None) -> tuple[np.ndarray, None]:
         """MaxHerding; UHerding weights each point by ``1 - margin`` when a model exists."""
         w = None
-        if uncertain and pool.probs is not None:
-            w = 1.0 - acquisition.margin(pool.mean_probs)
+        if uncertain and (pool.probs is not None or pool.confidence is not None):
+            w = 1.0 - pool.uncertainty_score(acquisition.margin)
         return coverage.herding(pool.embeddings, pool.labeled, k, seed, w), None
 
     return run
@@ -262,12 +265,12 @@ _REGISTRY: dict[str, tuple[Strategy, tuple[str, ...]]] = {
     "kcenter": (_kcenter, ("embeddings",)),
     "typiclust": (_typiclust, ("embeddings",)),
     "kmeans": (_kmeans, ("embeddings",)),
-    "badge": (_badge, ("probs", "embeddings")),
+    "badge": (_badge, ("probs", "class probs", "embeddings")),
     "cluster_margin": (_cluster_margin, ("probs", "embeddings")),
     "probcover": (_probcover, ("embeddings",)),
     "maxherding": (_herding(uncertain=False), ("embeddings",)),
     "uherding": (_herding(uncertain=True), ("embeddings",)),
-    "dropquery": (_dropquery, ("stochastic probs", "embeddings")),
+    "dropquery": (_dropquery, ("stochastic probs", "class probs", "embeddings")),
 }
 assert set(_REGISTRY) == set(STRATEGIES) - {"auto"}
 
@@ -277,9 +280,10 @@ STOCHASTIC_STRATEGIES: frozenset[str] = frozenset(
 )
 
 
-def resolve_auto(n_labeled: int, k: int, probs: np.ndarray | None, has_embeddings: bool) -> str:
+def resolve_auto(n_labeled: int, k: int, probs: np.ndarray | None, has_embeddings: bool,
+                 confidence: np.ndarray | None = None) -> str:
     """The concrete strategy ``auto`` runs; the rule and its evidence are in the module doc."""
-    if probs is None:
+    if probs is None and confidence is None:
         return "maxherding" if has_embeddings else "random"
     return "margin"
 
@@ -297,6 +301,7 @@ def rank(
     probs: np.ndarray | None = None,
     embeddings: np.ndarray | None = None,
     seed: int | None = 0,
+    confidence: np.ndarray | None = None,
 ) -> Ranking:
     """Order every unlabelled item of the pool for annotation.
 
@@ -309,6 +314,10 @@ def rank(
             (averaged over T for all strategies but ``bald``).
         embeddings: features ``[n, d]``; float32 is used as-is (no copy).
         seed: makes random starts, sampling and k-means reproducible.
+        confidence: ``[n]`` in ``[0, 1]`` (lower = more informative) that uncertainty-based
+            strategies use instead of deriving one from ``probs``: a model that answers several
+            questions (``sampling.questions.combined_confidence``). BADGE and DropQuery need
+            one question's class probabilities and refuse it.
 
     Raises:
         ValueError: unknown strategy, bad ``k``, malformed inputs, or an input the
@@ -318,13 +327,13 @@ def rank(
         raise ValueError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
-    pool = check_inputs(labeled, probs, embeddings)
+    pool = check_inputs(labeled, probs, embeddings, confidence)
     m = len(pool.unlabeled)
     k = int(min(k, max(m, 1)))
     name = strategy
     if strategy == "auto":
         name = resolve_auto(
-            int(pool.labeled.sum()), k, pool.probs, pool.embeddings is not None
+            int(pool.labeled.sum()), k, pool.probs, pool.embeddings is not None, pool.confidence
         )
     run, needs = _REGISTRY[name]
     check_needs(name, needs, pool)
