@@ -180,3 +180,15 @@ def test_deleting_old_versions_gives_way_to_a_waiting_retrain_but_never_piles_up
         assert len(stale) <= runtime.settings.keep_versions, stale
     assert result["queue"]["made_room"] == ["al-v2"]
     assert set(fake_ls.model_versions(1)) == {"al-v3", "al-v4", "al-v5", "al-v6"}  # 2 kept, 2 waiting
+
+
+def test_question_weights_read_as_name_weight_pairs(settings):
+    from pydantic import ValidationError
+
+    from ml_backend.settings import Settings
+
+    base = settings.model_dump() | {"question_weights": "species:2, tags:0.5"}
+    assert Settings(**base).question_weights == {"species": 2.0, "tags": 0.5}
+    for bad in ("species", "species:heavy", "species:-1", ":2"):
+        with pytest.raises(ValidationError, match="QUESTION_WEIGHTS"):
+            Settings(**base | {"question_weights": bad})
