@@ -36,6 +36,27 @@ def _score(name: str, probs: np.ndarray) -> np.ndarray:
     return ACQUISITIONS[name](acquisition.mean_probs(probs))
 
 
+def _binary(name: str, probs: np.ndarray) -> np.ndarray:
+    """`name` of each label as a two-class problem (present or not): [n, L] from [n, L(, T)].
+
+    Closed forms for the mean-probability acquisitions (a pool of 10^6 images with 20 labels
+    would otherwise stack a 320 MB array); BALD reads the passes."""
+    if name == "bald":
+        n, labels = probs.shape[:2]
+        two = np.stack([probs, 1.0 - probs], axis=2)  # [n, L, 2, T]
+        return _score(name, two.reshape(n * labels, *two.shape[2:])).reshape(n, labels)
+    p = np.clip(acquisition.mean_probs(probs), 0.0, 1.0)
+    if name == "margin":
+        return np.abs(2 * p - 1)
+    if name == "least_confidence":
+        return np.maximum(p, 1 - p)
+    if name == "entropy":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            h = -np.nan_to_num(p * np.log(p)) - np.nan_to_num((1 - p) * np.log(1 - p))
+        return np.clip(1 - h / np.log(2), 0.0, 1.0)
+    return _score(name, probs)  # raises: unknown acquisition
+
+
 def head_confidence(probs: np.ndarray, multiple: bool, *, acquisition: str = "margin",
                     label_aggregate: str = "mean") -> np.ndarray:
     """Confidence [n] of one head: `probs` [n, c] (or [n, c, T]) over a single-choice question's
@@ -49,8 +70,7 @@ def head_confidence(probs: np.ndarray, multiple: bool, *, acquisition: str = "ma
     n, labels = probs.shape[:2]
     if labels == 0:
         return np.ones(n)
-    two = np.stack([probs, 1.0 - probs], axis=2)  # [n, L, 2(, T)]: present or not, per label
-    per_label = _score(acquisition, two.reshape(n * labels, *two.shape[2:])).reshape(n, labels)
+    per_label = _binary(acquisition, probs)
     return per_label.mean(axis=1) if label_aggregate == "mean" else per_label.min(axis=1)
 
 

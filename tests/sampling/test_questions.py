@@ -50,3 +50,13 @@ def test_rank_orders_by_a_given_confidence_and_keeps_its_contract():
         rank("badge", k=2, labeled=labeled, confidence=conf, embeddings=emb)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         rank("margin", k=2, confidence=np.array([2.0]))
+
+
+@pytest.mark.parametrize("name", ["margin", "entropy", "least_confidence"])
+def test_per_label_closed_forms_match_the_two_class_acquisitions(name):
+    from sampling.questions import ACQUISITIONS
+
+    p = np.random.default_rng(0).random((50, 3))
+    two = np.stack([p, 1 - p], axis=2).reshape(150, 2)
+    want = ACQUISITIONS[name](two).reshape(50, 3).mean(1)
+    np.testing.assert_allclose(head_confidence(p, True, acquisition=name), want, atol=1e-9)
