@@ -38,10 +38,12 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from model.backbone import load_backbone  # noqa: E402
+from model.questions import Question  # noqa: E402
+from sampling.questions import combined_confidence  # noqa: E402
 from model.embeddings import EmbeddingStore, embed_tasks  # noqa: E402
 from model.head import predict_proba  # noqa: E402
 from model.images import decode_image  # noqa: E402
-from model.training import TrainConfig, fit, train_candidate  # noqa: E402
+from model.training import TrainConfig, fit, train_candidate, train_questions  # noqa: E402
 from benchmarks.timing import timed  # noqa: E402
 
 
@@ -89,6 +91,21 @@ def bench_head(n: int) -> None:
         row(f"train_candidate: {name} {extra}", f"{t:.3f} s",
             f"<= {target} s" if target else "", verdict(t <= target) if target else "")
 
+    # Two questions: the same 10-class one, and 5 labels of a multiple-choice one.
+    rng = np.random.default_rng(1)
+    tags = rng.random((n, 5)) < 0.3
+    x2 = x.copy()
+    x2[:, 10:15] += 12 * tags  # each tag as clear as the classes are
+    species, multi = Question("c", tuple(classes)), Question("tags", tuple("abcde"), True)
+    answers = [{"c": (label,), "tags": tuple(q for q, on in zip("abcde", row_) if on)}
+               for label, row_ in zip(labels, tags)]
+    out = {}
+    t = timed(lambda: out.update(c=train_questions(x2, answers, tasks, [species, multi])),
+              repeat=3)
+    m = out["c"].meta["metrics"]["questions"]
+    row(f"train_questions: 10-class + 5-label questions (acc {m['c']['accuracy']:.3f}, "
+        f"micro-F1 {m['tags']['micro_f1']:.3f})", f"{t:.3f} s")
+
 
 def bench_scoring(n: int, quick: bool) -> None:
     print(f"\nScoring {n:,} cached 512-d embeddings, 10 classes")
@@ -103,6 +120,11 @@ def bench_scoring(n: int, quick: bool) -> None:
     ens, _ = fit(x, y, [f"c{i}" for i in range(10)], config=TrainConfig(ensemble=5))
     t = timed(lambda: predict_proba(ens, pool, passes=5), repeat=1)
     row("ensemble of 5 heads, member samples", f"{t:.3f} s")
+    multi = Question("tags", tuple(f"t{i}" for i in range(20)), True)
+    probs = np.random.default_rng(2).random((n, 20))
+    single = predict_proba(head, pool)
+    t = timed(lambda: combined_confidence([single, probs], [False, multi.multiple]), repeat=3)
+    row("combined priority: a 10-class and a 20-label question", f"{t:.3f} s")
 
     with tempfile.TemporaryDirectory() as root:
         store = EmbeddingStore(Path(root), 1, "bench", 512)
