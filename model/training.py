@@ -4,6 +4,7 @@ version that serves now."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -157,21 +158,27 @@ def train_candidate(
     y = np.array([classes.index(label) for label in labels], dtype=np.int64)
     roles = assign_roles(tasks, marks or [None] * len(tasks), fraction=config.holdout,
                          seed=config.seed, min_labels=config.min_labels)
-    same_backbone = serving is not None and (
-        fingerprint is None or serving.meta.get("backbone_fingerprint") == fingerprint)
     head, meta = fit(x, y, classes, roles=roles, config=config)
     by_role = {r: [t for t, role in zip(tasks, roles) if role == r] for r in (TRAIN, VAL, TEST)}
-    if serving is None:
-        verdict = decide(config.metric, None, None, config.tolerance,
-                         reason="no version serves yet")
-    elif not same_backbone and serving_x is None:
-        verdict = decide(config.metric, None, None, config.tolerance,
-                         reason="the serving version uses another backbone: not comparable")
-    else:
-        verdict = judge(head, classes, x, serving, x if same_backbone else serving_x,
-                        y, tasks, roles, config)
-    meta["promotion"] = verdict
+    meta["promotion"] = _verdict(
+        serving, fingerprint, x, serving_x, config,
+        lambda old_x: judge(head, classes, x, serving, old_x, y, tasks, roles, config))
     return Candidate(head, meta, by_role)
+
+
+def _verdict(serving: ModelVersion | None, fingerprint: str | None, x: np.ndarray,
+             serving_x: np.ndarray | None, config: TrainConfig,
+             judge_on: Callable[[np.ndarray], dict]) -> dict:
+    """Promote without comparing when nothing serves or the serving version's backbone left no
+    embeddings to judge it on; else `judge_on` the serving version's own embeddings."""
+    if serving is None:
+        return decide(config.metric, None, None, config.tolerance, reason="no version serves yet")
+    if fingerprint is None or serving.meta.get("backbone_fingerprint") == fingerprint:
+        return judge_on(x)
+    if serving_x is None:
+        return decide(config.metric, None, None, config.tolerance,
+                      reason="the serving version uses another backbone: not comparable")
+    return judge_on(serving_x)
 
 
 def judge(head: Head | Ensemble, classes: list[str], x: np.ndarray, serving: ModelVersion,
@@ -261,19 +268,11 @@ def train_questions(
         "train_seconds": round(time.perf_counter() - start, 4),
     }
     by_role = {r: [t for t, role in zip(tasks, roles) if role == r] for r in (TRAIN, VAL, TEST)}
-    same_backbone = serving is not None and (
-        fingerprint is None or serving.meta.get("backbone_fingerprint") == fingerprint)
-    if serving is None:
-        verdict = decide(config.metric, None, None, config.tolerance,
-                         reason="no version serves yet")
-    elif not same_backbone and serving_x is None:
-        verdict = decide(config.metric, None, None, config.tolerance,
-                         reason="the serving version uses another backbone: not comparable")
-    else:
-        new = ModelVersion("candidate", head, {"questions": described})
-        verdict = judge_questions(new, x, serving, x if same_backbone else serving_x, answers,
-                                  tasks, roles, questions, config)
-    meta["promotion"] = verdict
+    new = ModelVersion("candidate", head, {"questions": described})
+    meta["promotion"] = _verdict(
+        serving, fingerprint, x, serving_x, config,
+        lambda old_x: judge_questions(new, x, serving, old_x, answers, tasks, roles, questions,
+                                      config))
     return Candidate(head, meta, by_role)
 
 

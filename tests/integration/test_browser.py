@@ -49,6 +49,18 @@ def _label_stream(label_studio, project: int, out: Path) -> list[dict]:
     return json.loads(done.stdout.strip().splitlines()[-1])["served"]
 
 
+def _label_stream_held(label_studio, project: int, out: Path, redis_url: str) -> list[dict]:
+    """`_label_stream` while holding the project's lock: the submit's webhook queues a retrain,
+    and the lock keeps it from reordering the queue while the browser asks for the next task."""
+    redis = Redis.from_url(redis_url)
+    lock = redis.lock(ProjectQueue(redis, project).lock_key, timeout=600)
+    assert lock.acquire(blocking_timeout=60)
+    try:
+        return _label_stream(label_studio, project, out)
+    finally:
+        lock.release()
+
+
 def _queue(api, task_ids: list[int], version: str) -> list[tuple[float, int, str]]:
     """(score, task, predicted choice) of `version` for `task_ids`, lowest score first."""
     queue = []
@@ -77,15 +89,7 @@ def test_label_all_tasks_serves_the_backends_choice_preselected(
     (s1, first, guess), (s2, second, _) = queue[:2]
     assert s1 < s2 < queue[2][0], f"ties make the order ambiguous: {queue[:3]}"
 
-    # The submit's webhook queues a retrain; holding the project's lock keeps that retrain
-    # from reordering the queue while the browser asks for the next task.
-    redis = Redis.from_url(redis_url)
-    lock = redis.lock(ProjectQueue(redis, project).lock_key, timeout=600)
-    assert lock.acquire(blocking_timeout=60)
-    try:
-        seen = _label_stream(label_studio, project, tmp_path)
-    finally:
-        lock.release()
+    seen = _label_stream_held(label_studio, project, tmp_path, redis_url)
 
     print("served:", seen, "\nqueue head:", queue[:3])
     assert [s["task"] for s in seen] == [first, second]
@@ -96,3 +100,33 @@ def test_label_all_tasks_serves_the_backends_choice_preselected(
     assert annotation["result"][0]["value"]["choices"] == [guess]
     after = wait_for_idle_version(backend, project, len(labelled) + 1)
     assert after["versions"][-1]["version"] != version
+
+
+def test_two_questions_arrive_preselected_together(
+    label_studio, backend, ls_project, redis_url, tmp_path
+):
+    """A config with a single-choice and a multiple-choice question: the task "Label All Tasks"
+    serves shows the model's answer to both, every predicted tag ticked."""
+    from .test_questions import TAGS, TWO_QUESTIONS, _region
+
+    _require_browser()
+    api, project = ls_project.api, ls_project.id
+    api.patch(f"/api/projects/{project}/", json={"label_config": TWO_QUESTIONS})
+    connect_backend(ls_project, backend, title=backend.setup_version(project, TWO_QUESTIONS))
+    labelled = [t for label in ("red", "green", "blue") for t in ls_project.tasks_of(label)[:2]]
+    for task in labelled:
+        truth = ls_project.truth[task]
+        api.post(f"/api/tasks/{task}/annotations/", json={"result": [
+            _region("colour", (truth,)), _region("tags", TAGS[truth])]})
+    status = wait_for_idle_version(backend, project, len(labelled))
+    version = served_name(status)
+
+    seen = _label_stream_held(label_studio, project, tmp_path, redis_url)
+    first = seen[0]["task"]
+    (pred,) = [p for p in api.predictions(first) if p["model_version"] == version]
+    said = {r["from_name"]: r["value"]["choices"] for r in pred["result"]}
+    print("served:", seen, "\npre-annotation:", said)
+    assert set(said) == {"colour", "tags"}, said
+    assert sorted(seen[0]["checked"]) == sorted(said["colour"] + said["tags"])
+    (annotation,) = api.get(f"/api/tasks/{first}/annotations/")
+    assert {r["from_name"]: r["value"]["choices"] for r in annotation["result"]} == said
