@@ -203,7 +203,9 @@ def _export(args: argparse.Namespace) -> None:
 
     formats = FORMATS if args.format == "both" else (args.format,)
     out = export(_runtime(), args.project, args.out, args.version, formats)
-    print(f"exported project {out['project']} {out['version']} ({', '.join(out['classes'])}) "
+    what = (", ".join(out["classes"]) if "classes" in out else
+            "; ".join(f"{q}: {', '.join(c)}" for q, c in out["questions"].items()))
+    print(f"exported project {out['project']} {out['version']} ({what}) "
           f"to {out['out']}: {', '.join(out['files'])}")
 
 

@@ -25,6 +25,7 @@ from model.export import (
     FORMATS,
     is_torchscript,
     read_labels,
+    several_questions,
     split_state_dict,
     split_torchscript,
     write_export,
@@ -79,7 +80,11 @@ def export(rt: Runtime, project: int, out: Path, name: str | None = None,
         os.rename(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"project": project, "version": model.name, "out": str(out), "classes": model.classes,
+    if several_questions(model):
+        answers = {"questions": {q.name: list(q.classes) for q in model.questions}}
+    else:
+        answers = {"classes": model.classes}
+    return {"project": project, "version": model.name, "out": str(out), **answers,
             "files": sorted(p.name for p in out.iterdir())}
 
 

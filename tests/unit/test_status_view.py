@@ -189,30 +189,12 @@ def test_the_page_in_headless_chromium_shows_curve_per_class_table_and_confusion
     assert colour_pixels(png, (0xFD, 0xE2, 0xE2), tol=6) > 500  # the failed job's row
 
 
-TWO_QUESTIONS = (
-    '<View><Image name="img" value="$image"/><Choices name="colour" toName="img">'
-    '<Choice value="red"/><Choice value="green"/><Choice value="blue"/></Choices>'
-    '<Choices name="tags" toName="img" choice="multiple"><Choice value="warm"/>'
-    '<Choice value="cool"/><Choice value="leafy"/></Choices></View>'
-)
-TAGS = {"red": ["warm"], "green": ["cool", "leafy"], "blue": ["cool"]}
-
-
-def answer_both(fake_ls, n: int) -> None:
-    for t in fake_ls.task_list:
-        ann = fake_ls.annotation(t["truth"], t["id"])
-        ann["result"].append({"from_name": "tags", "to_name": "img", "type": "choices",
-                              "value": {"choices": TAGS[t["truth"]]}})
-        t["annotations"] = [ann] if t["id"] <= n else []
-
 
 def test_several_questions_get_a_curve_each_and_per_question_tables(settings, tmp_path):
-    from tests.unit.fakes import FakeLabelStudio
-
     from ml_backend.status_charts import QUESTION_COLOURS, question_curves
+    from tests.unit.fakes import FakeLabelStudio, answer_both
 
     fake_ls = FakeLabelStudio(n_per_class=10)
-    fake_ls.config = TWO_QUESTIONS
     runtime = Runtime(settings, labelstudio=fake_ls)
     for n in (12, 21, 30):
         answer_both(fake_ls, n)
