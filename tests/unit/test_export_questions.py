@@ -134,3 +134,30 @@ def test_import_model_refuses_an_export_of_several_questions(two_questions, tmp_
     export(two_questions, 1, tmp_path / "e", formats=("torchscript",))
     with pytest.raises(ValueError, match="answers several questions \\(colour, tags\\)"):
         import_model(two_questions, 2, tmp_path / "e" / "model.pt")
+
+
+def test_predict_writes_each_questions_answer_and_probabilities(two_questions, tmp_path):
+    import csv
+
+    from ml_backend.model_commands import predict_folder
+
+    rt = two_questions
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for i, image in enumerate(IMAGES):
+        (folder / f"{i}.png").write_bytes(image)
+    predict_folder(rt, 1, folder, tmp_path / "out.csv", progress=False)
+    rows = list(csv.DictReader((tmp_path / "out.csv").open()))
+    assert list(rows[0]) == ["path", "colour", "colour:red", "colour:green", "colour:blue",
+                             "tags", "tags:warm", "tags:cool", "tags:leafy"]
+    probs, said = live(rt, IMAGES)
+    for i, row in enumerate(rows):
+        assert row["path"] == str(folder / f"{i}.png")
+        assert row["colour"] == said[i]["colour"][0]
+        assert row["tags"] == "|".join(said[i].get("tags", ()))  # those above their thresholds
+        np.testing.assert_allclose([float(row[f"tags:{c}"]) for c in ("warm", "cool", "leafy")],
+                                   probs["tags"][i], atol=1e-5)
+        np.testing.assert_allclose(
+            [float(row[f"colour:{c}"]) for c in ("red", "green", "blue")], probs["colour"][i],
+            atol=1e-5)
+    assert any("|" in r["tags"] for r in rows)  # a green image: cool|leafy
