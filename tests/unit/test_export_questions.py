@@ -17,7 +17,8 @@ from ml_backend import steps
 from ml_backend.__main__ import main
 from ml_backend.model_commands import export, import_model
 from ml_backend.runtime import Runtime
-from model.export import check_export, load_torchscript, onnx_outputs, output_names
+from model.export import check_export, load_torchscript, onnx_outputs
+from model.export_questions import output_names
 from tests.images import png_bytes
 from tests.unit.fakes import answer_both
 
