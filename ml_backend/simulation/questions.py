@@ -21,7 +21,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
-from ml_backend.simulation.loop import Replay, SimConfig, passes_for
+from ml_backend.simulation.loop import Replay, SimConfig, passes_for, split_sizes
 from model.evaluation import combine, evaluate, evaluate_multilabel
 from model.questions import Answers, Question
 from model.training import train_questions
@@ -154,11 +154,14 @@ def run_strategy(strategy: str, x: np.ndarray, answers: list[Answers],
     return rows, train_idx[np.concatenate(order)]
 
 
-def strata(answers: list[Answers], questions: list[Question]) -> np.ndarray | None:
+def strata(answers: list[Answers], questions: list[Question],
+           test_fraction: float) -> np.ndarray | None:
     """What to stratify the test split by: the first single-choice question every image
-    answers, with at least two images per class; None (a plain random split) otherwise."""
+    answers, with at least two images per class and room for every class on both sides of the
+    split; None (a plain random split) otherwise."""
+    smaller = min(split_sizes(len(answers), test_fraction))
     for q in questions:
-        if q.multiple or not all(q.name in a for a in answers):
+        if q.multiple or not all(q.name in a for a in answers) or len(q.classes) > smaller:
             continue
         y = np.array([q.classes.index(a[q.name][0]) for a in answers])
         if np.bincount(y, minlength=len(q.classes)).min() >= 2:
@@ -170,7 +173,7 @@ def run_repeats(x: np.ndarray, answers: list[Answers], questions: list[Question]
                 s: SimConfig, sizes: list[int], progress: bool) -> Replay:
     """Every strategy on every repeat's split (a test split never labelled)."""
     out = Replay([], [], [], {})
-    by = strata(answers, questions)
+    by = strata(answers, questions, s.test_fraction)
     total = s.repeats * (1 + len(s.strategies) * len(sizes))
     with tqdm(total=total, desc="simulating", unit="round", disable=not progress) as bar:
         for rep in range(s.repeats):
