@@ -161,10 +161,13 @@ def _simulate(args: argparse.Namespace) -> None:
         test_fraction=args.test_fraction,
         seed=settings.seed if args.seed is None else args.seed,
         train=settings.train_config(), mc_passes=settings.mc_passes,
+        label_uncertainty=settings.label_uncertainty, label_aggregate=settings.label_aggregate,
+        question_weights=tuple(settings.question_weights.items()),
     )  # fmt: skip
     result = simulate(
         args.data, args.out, config, backbone=args.backbone or settings.backbone,
         weights=args.weights or settings.weights, device=settings.device, cache=args.cache,
+        multiple=tuple(n.strip() for n in args.multiple.split(",") if n.strip()),
     )  # fmt: skip
     print(format_summary(result.summary))
     print(f"Wrote results.csv, summary.json and curve.png to {args.out}")
@@ -200,7 +203,9 @@ def _export(args: argparse.Namespace) -> None:
 
     formats = FORMATS if args.format == "both" else (args.format,)
     out = export(_runtime(), args.project, args.out, args.version, formats)
-    print(f"exported project {out['project']} {out['version']} ({', '.join(out['classes'])}) "
+    what = (", ".join(out["classes"]) if "classes" in out else
+            "; ".join(f"{q}: {', '.join(c)}" for q, c in out["questions"].items()))
+    print(f"exported project {out['project']} {out['version']} ({what}) "
           f"to {out['out']}: {', '.join(out['files'])}")
 
 
@@ -312,8 +317,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the choice, change nothing")
     p.set_defaults(func=_seed)
 
-    p = sub.add_parser("simulate", help="compare strategies offline on a labelled image folder")
-    p.add_argument("--data", type=Path, required=True, help="one subfolder of images per class")
+    p = sub.add_parser("simulate", help="compare strategies offline on a labelled image folder "
+                       "or a CSV of images answering one or more questions")
+    p.add_argument("--data", type=Path, required=True, help="one subfolder of images per "
+                   "class, or a CSV: an image column and one column per question (cat|dog: "
+                   "several labels)")
+    p.add_argument("--multiple", default="", help="a CSV's multiple-choice questions, comma-"
+                   "separated (a column with a | in a cell is one anyway)")
     p.add_argument("--out", type=Path, required=True, help="folder for the CSV, summary, plot")
     p.add_argument("--strategies", default="auto,margin,entropy,kcenter,random")
     p.add_argument("--seed-size", type=int, default=20, help="labels chosen before any model")

@@ -2,7 +2,9 @@
 into a Label Studio project.
 
 SOURCE is a folder (flat, or one subfolder per class), image files, or a CSV of image paths or
-URLs with an optional label column. Files under Label Studio's LOCAL_FILES_DOCUMENT_ROOT are
+URLs with an optional label column, or with one column per question of the label config
+(`image,species,behaviour`; `cat|dog` for several labels of a multiple-choice question; an empty
+cell leaves that question unanswered). Files under Label Studio's LOCAL_FILES_DOCUMENT_ROOT are
 served by Label Studio in place (a local-files storage authorises them; nothing is copied), other
 files are uploaded, URLs are imported as they are. Images already in the project are skipped, so
 running it again imports only what is new.
@@ -20,20 +22,25 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote
 
-from ml_backend.label_config import parse_label_config
+from ml_backend.answer_table import IMAGE_COLUMNS, split_cell
+from ml_backend.label_config import LabelConfig, parse_label_config
 from model.images import IMAGE_SUFFIXES, BadImage, decode_image
+from model.questions import Answers
 
-IMAGE_COLUMNS = ("image", "path", "url", "file", "filename")
 LABEL_COLUMNS = ("label", "class", "category", "choice")
 UPLOAD_BATCH = 50
 
 
 @dataclass(frozen=True)
 class Item:
-    """One image to import: an absolute file path or an http(s) URL, and its label if known."""
+    """One image to import: an absolute file path or an http(s) URL, and its label if known.
+
+    `cells` holds a CSV row's labels by column header (labels split at `|`, empty cells left
+    out): the answers to the questions those columns name, once the label config is known."""
 
     source: str
     label: str | None = None
+    cells: Answers | None = field(default=None, compare=False)
 
     @property
     def is_url(self) -> bool:
@@ -94,6 +101,7 @@ def read_csv(path: Path) -> list[Item]:
     if not rows:
         raise ValueError(f"{path} has no rows")
     first = rows[0][1]
+    named: dict[int, str] = {}  # column -> header, for the questions they may answer
     if _is_image(first[0].strip()):
         image_col, label_col = 0, (1 if len(first) > 1 else None)
     else:
@@ -103,6 +111,7 @@ def read_csv(path: Path) -> list[Item]:
             raise ValueError(f"{path}: the header {first} names no image column "
                              f"(one of {', '.join(IMAGE_COLUMNS)})")
         label_col = next((header.index(c) for c in LABEL_COLUMNS if c in header), None)
+        named = {i: c.strip() for i, c in enumerate(first) if i != image_col and c.strip()}
         rows = rows[1:]
     items = []
     for line, row in rows:
@@ -115,7 +124,9 @@ def read_csv(path: Path) -> list[Item]:
             if not file.is_file():
                 raise ValueError(f"{path}:{line}: {cell} does not exist")
             cell = str(file)
-        items.append(Item(cell, label or None))
+        cells = {name: labels for i, name in named.items()
+                 if (labels := split_cell(row[i] if i < len(row) else ""))}
+        items.append(Item(cell, label or None, cells if named else None))
     if not items:
         raise ValueError(f"no images in {path}")
     return items
@@ -129,6 +140,11 @@ def _unique(items: Iterable[Item]) -> list[Item]:
             if known.label is not None:
                 raise ValueError(f"{item.source} is listed with two labels: "
                                  f"{known.label!r} and {item.label!r}")
+            seen[item.source] = known = item
+        if item.cells and known.cells != item.cells:
+            if known.cells:
+                raise ValueError(f"{item.source} is listed twice with other answers: "
+                                 f"{known.cells} and {item.cells}")
             seen[item.source] = item
     return list(seen.values())
 
@@ -155,6 +171,9 @@ class ImportReport:
     annotations: int = 0
     already_there: int = 0
     unknown_labels: Counter = field(default_factory=Counter)
+    # CSV columns per question: question -> label not among its choices -> rows.
+    unknown_answers: dict[str, Counter] = field(default_factory=dict)
+    ignored_columns: list[str] = field(default_factory=list)  # name no question of the config
     storages: list[str] = field(default_factory=list)
     task_ids: list[int] = field(default_factory=list)
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (file, why)
@@ -176,6 +195,13 @@ class ImportReport:
             listed = ", ".join(f"{k!r} ({n})" for k, n in sorted(self.unknown_labels.items()))
             out.append(f"Labels not in the project's label config, imported without a label: "
                        f"{listed}.")
+        for question, counts in sorted(self.unknown_answers.items()):
+            listed = ", ".join(f"{k!r} ({n})" for k, n in sorted(counts.items()))
+            out.append(f"Question {question!r}: labels not among its choices, imported without "
+                       f"an answer to it: {listed}.")
+        if self.ignored_columns:
+            out.append(f"CSV columns that name no question of the label config, ignored: "
+                       f"{', '.join(self.ignored_columns)}.")
         return out
 
 
@@ -235,21 +261,64 @@ def import_images(ls: ImportTarget, project: int, items: Sequence[Item], *,
     for start in range(0, len(upload), UPLOAD_BATCH):
         batch = upload[start : start + UPLOAD_BATCH]
         urls.update(zip(batch, ls.upload_files(project, [Path(items[i].source) for i in batch])))
+    by_question = labels and _answers_questions(config, items, report)
     tasks = []
     for i in todo:
         task: dict = {"data": {config.value_key: urls[i]}}
-        label = items[i].label if labels else None
-        question = config.single
-        if label is not None and (question is None or label not in question.classes):
-            report.unknown_labels[label] += 1
-        elif label is not None:
-            task["annotations"] = [{"result": config.result({question.name: (label,)})}]
+        if by_question:
+            answers = _known_answers(config, items[i].cells or {}, report)
+        else:
+            answers = _known_label(config, items[i].label if labels else None, report)
+        if answers:
+            task["annotations"] = [{"result": config.result(answers)}]
             report.annotations += 1
         tasks.append(task)
     report.task_ids = ls.import_tasks(project, tasks) if tasks else []
     report.tasks, report.served_in_place, report.uploaded = len(tasks), len(placed), len(upload)
     report.urls = len(tasks) - len(placed) - len(upload)
     return report
+
+
+def _answers_questions(config: LabelConfig, items: Sequence[Item],
+                       report: ImportReport) -> bool:
+    """Whether the items' CSV columns answer the config's questions (a column names one);
+    otherwise their one label column, if any, answers its one single-choice question."""
+    headers = list(dict.fromkeys(h for item in items for h in (item.cells or {})))
+    names = {q.name for q in config.questions}
+    if not names & set(headers):
+        return False
+    report.ignored_columns = [h for h in headers if h not in names]
+    return True
+
+
+def _known_answers(config: LabelConfig, cells: Answers, report: ImportReport) -> Answers:
+    """The answers among `cells` the config can take; a question's labels that are not all
+    among its choices (or several for a single-choice question) are counted, not imported."""
+    out: Answers = {}
+    for q in config.questions:
+        said = cells.get(q.name)
+        if not said:
+            continue
+        bad = [x for x in said if x not in q.classes]
+        if not q.multiple and len(said) > 1:
+            bad = ["|".join(said)]
+        for x in bad:
+            report.unknown_answers.setdefault(q.name, Counter())[x] += 1
+        if not bad:
+            out[q.name] = said
+    return out
+
+
+def _known_label(config: LabelConfig, label: str | None, report: ImportReport) -> Answers:
+    """A folder's or a label column's label as the answer to the config's one single-choice
+    question; counted as unknown when it is no choice of it (or the config asks several)."""
+    question = config.single
+    if label is None:
+        return {}
+    if question is None or label not in question.classes:
+        report.unknown_labels[label] += 1
+        return {}
+    return {question.name: (label,)}
 
 
 def _why_unreadable(item: Item) -> str | None:

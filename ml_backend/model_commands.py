@@ -25,6 +25,7 @@ from model.export import (
     FORMATS,
     is_torchscript,
     read_labels,
+    several_questions,
     split_state_dict,
     split_torchscript,
     write_export,
@@ -79,7 +80,11 @@ def export(rt: Runtime, project: int, out: Path, name: str | None = None,
         os.rename(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"project": project, "version": model.name, "out": str(out), "classes": model.classes,
+    if several_questions(model):
+        answers = {"questions": {q.name: list(q.classes) for q in model.questions}}
+    else:
+        answers = {"classes": model.classes}
+    return {"project": project, "version": model.name, "out": str(out), **answers,
             "files": sorted(p.name for p in out.iterdir())}
 
 
@@ -149,8 +154,11 @@ def image_files(folder: Path) -> list[Path]:
 def predict_folder(rt: Runtime, project: int, folder: Path, out: Path, name: str | None = None,
                    progress: bool | None = None) -> dict:
     """Classify every image under `folder` with the serving version into CSV `out`: path,
-    label, score, then one probability column per class. Unreadable files are reported on
-    stderr in one line each and skipped."""
+    label, score, then one probability column per class. A version answering several
+    questions (or a multiple-choice one) writes per question its answer (labels joined by `|`,
+    those at or above their thresholds for a multiple-choice question) and its probabilities,
+    `<question>:<class>`. Unreadable files are reported on stderr in one line each and
+    skipped."""
     model = _version(rt, project, name)
     bb = _version_backbone(rt, model)
     files = image_files(folder)
@@ -168,11 +176,19 @@ def predict_folder(rt: Runtime, project: int, folder: Path, out: Path, name: str
             disable=None if progress is None else not progress,
         ) as bar:
             writer = csv.writer(fh)
-            writer.writerow(["path", "label", "score", *model.classes])
+            several = several_questions(model)
+            writer.writerow(_question_header(model) if several
+                            else ["path", "label", "score", *model.classes])
             rows: list[tuple[Path, np.ndarray]] = []
 
             def flush() -> None:
-                probs = predict_proba(model.head, np.stack([v for _, v in rows]))
+                x = np.stack([v for _, v in rows])
+                if several:
+                    for path, cells in zip((p for p, _ in rows), _question_cells(model, x)):
+                        writer.writerow([str(path), *cells])
+                    rows.clear()
+                    return
+                probs = predict_proba(model.head, x)
                 for (path, _), p in zip(rows, probs):
                     best = int(p.argmax())
                     writer.writerow([str(path), model.classes[best], f"{p[best]:.6f}",
@@ -195,3 +211,23 @@ def predict_folder(rt: Runtime, project: int, folder: Path, out: Path, name: str
     finally:
         Path(tmp).unlink(missing_ok=True)
     return {"version": model.name, "predicted": done, "skipped": skipped, "out": str(out)}
+
+
+def _question_header(model: ModelVersion) -> list[str]:
+    """path, then per question its answer column and one `<question>:<class>` column per
+    class."""
+    out = ["path"]
+    for q in model.questions:
+        out += [q.name, *(f"{q.name}:{c}" for c in q.classes)]
+    return out
+
+
+def _question_cells(model: ModelVersion, x: np.ndarray) -> list[list[str]]:
+    """Per row of embeddings `x`, the cells `_question_header` names: what the version
+    pre-annotates for each question (its own labels, its thresholds), and the probabilities."""
+    qs = model.questions
+    probs = model.probabilities(x, qs)
+    said = model.answers(probs, qs, len(x))
+    return [[cell for q in qs for cell in ("|".join(answers.get(q.name, ())),
+                                            *(f"{v:.6f}" for v in probs[q.name][i]))]
+            for i, answers in enumerate(said)]

@@ -131,6 +131,13 @@ def metrics_note(meta: dict) -> str | None:
     return "not evaluated: no labelled task was held out"
 
 
+def several_questions(meta: dict) -> bool:
+    """Whether a version answers several questions or a multiple-choice one: its metrics and
+    label counts are then per question (`model.evaluation.combine`)."""
+    questions = meta.get("questions") or []
+    return len(questions) > 1 or any(q.get("multiple") for q in questions)
+
+
 def version_entry(name: str, meta: dict, serving: str | None) -> dict:
     return {
         "version": name,
@@ -138,8 +145,10 @@ def version_entry(name: str, meta: dict, serving: str | None) -> dict:
         "serving": name == serving,
         "n_labels": meta.get("n_labels"),
         "n_heldout": (meta.get("metrics") or {}).get("n", 0),
-        "label_counts": meta.get("label_counts"),
-        "metrics": meta.get("metrics"),
+        "label_counts": meta.get("label_counts"),  # per question for several questions
+        "metrics": meta.get("metrics"),  # per question under "questions" for several
+        "questions": meta.get("questions"),  # [{name, classes, multiple, thresholds}]
+        "several_questions": several_questions(meta),
         "metrics_note": metrics_note(meta),
         "promotion": meta.get("promotion"),
         "created_at": meta.get("created_at"),

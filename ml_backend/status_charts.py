@@ -3,6 +3,10 @@
 A young project holds out a handful of tasks, so one point can read 0.0 or 1.0 by chance. Each
 point therefore carries its 95% Wilson interval and the number of held-out tasks behind it, and
 points resting on fewer than RELIABLE_HELDOUT tasks are drawn hollow.
+
+A project whose label config asks several questions (or a multiple-choice one) gets the mean
+over the questions as that curve, and each question's own accuracy (a multiple-choice
+question's subset accuracy: every label right) as a thinner line of its own colour.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 RELIABLE_HELDOUT = 20  # as PROMOTION_MIN_HELDOUT: fewer held-out tasks compare nothing reliably
 BLUE, RED, GREY = "#1f77b4", "#d62728", "#8a8a8a"
+QUESTION_COLOURS = ("#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 
 
 def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -69,6 +74,7 @@ def learning_curve_png(versions: list[dict]) -> bytes:
             if v.get("serving"):
                 ax.scatter([x], [iv[0]], s=220, facecolors="none", edgecolors=RED, lw=2,
                            zorder=4, label=f"serving ({v['version']})")
+    several = _question_curves(ax, points)
     blank = [x for x, iv, _ in points if not iv]
     if blank:
         ax.scatter(blank, [0.0] * len(blank), marker="x", color=GREY, zorder=3, clip_on=False,
@@ -79,7 +85,7 @@ def learning_curve_png(versions: list[dict]) -> bytes:
     ax.set_ylim(0, 1.05)
     ax.margins(x=0.08)  # room for the last point's label
     ax.set_xlabel("labels the version was trained and evaluated on")
-    ax.set_ylabel("held-out accuracy")
+    ax.set_ylabel("held-out accuracy" + (" (mean over questions)" if several else ""))
     ax.set_title("Learning curve (n = held-out tasks behind each point)", fontsize=10)
     ax.grid(alpha=0.3)
     if points:
@@ -89,3 +95,30 @@ def learning_curve_png(versions: list[dict]) -> bytes:
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
+
+
+def question_curves(versions: list[dict]) -> dict[str, list[tuple[int, float, bool]]]:
+    """Per question, in the order versions first answer it: (labels, held-out accuracy, whether
+    multiple-choice) of each version that measured it."""
+    out: dict[str, list[tuple[int, float, bool]]] = {}
+    for v in versions:
+        per = (v.get("metrics") or {}).get("questions") or {}
+        kinds = {q["name"]: bool(q.get("multiple")) for q in v.get("questions") or []}
+        if not v.get("several_questions") or v.get("n_labels") is None:
+            continue
+        for name, m in per.items():
+            if m and m.get("n") and m.get("accuracy") is not None:
+                out.setdefault(name, []).append((v["n_labels"], m["accuracy"],
+                                                 kinds.get(name, False)))
+    return out
+
+
+def _question_curves(ax, points: list) -> bool:
+    """Each question's accuracy as a thin line; True when any version answers several."""
+    curves = question_curves([v for _, _, v in points])
+    for i, (name, pts) in enumerate(curves.items()):
+        kind = "subset accuracy" if pts[-1][2] else "accuracy"
+        ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], lw=1.2, ls="--", marker="s",
+                ms=4, color=QUESTION_COLOURS[i % len(QUESTION_COLOURS)], zorder=2,
+                label=f"{name}: {kind}".replace("$", r"\$"))
+    return bool(curves)

@@ -1,6 +1,8 @@
 """The status page people open at `/`: per project, what the job queue is doing, the learning
 curve, how the serving version does per class (precision, recall, confusion matrix), labels
-per class, every version and the job history.
+per class, every version and the job history. A version answering several questions (or a
+multiple-choice one) gets these per question: a multiple-choice question's table has each
+label's precision, recall and threshold, and its micro-/macro-F1 and subset accuracy.
 
 Everything shown comes from `ml_backend.status.project_status`; all text from outside (class
 names, job errors, reasons) is escaped.
@@ -97,6 +99,61 @@ def _per_class(version: dict) -> str:
     return head + f"<div class='row'><div>{table}</div>{_confusion(metrics)}</div>"
 
 
+def _per_question(version: dict) -> str:
+    """`_per_class` for each question of a version answering several (or a multiple-choice
+    one): its metrics on the held-out tasks that answer it, labels and per-label precision and
+    recall (with the threshold a multiple-choice label is pre-annotated at)."""
+    metrics = version.get("metrics") or {}
+    name = escape(version["version"])
+    n = metrics.get("n") or 0
+    caveat = (f" <span class='warn'>(only {n} held-out tasks: read these as rough)</span>"
+              if 0 < n < RELIABLE_HELDOUT else "")
+    out = [f"<h3>Per question: {name} (serving){caveat}</h3>"]
+    if not n:
+        out.append(f"<p class='note'>{escape(version.get('metrics_note') or 'not evaluated')}"
+                   "</p>")
+    per_question = metrics.get("questions") or {}
+    all_counts = version.get("label_counts") or {}
+    for q in version.get("questions") or []:
+        qm = per_question.get(q["name"]) or {}
+        out.append(_question_table(q, qm, all_counts.get(q["name"]) or {}))
+    return "".join(out)
+
+
+def _question_table(q: dict, metrics: dict, counts: dict) -> str:
+    multiple = bool(q.get("multiple"))
+    per_class = metrics.get("per_class") or {}
+    classes = list(q.get("classes") or []) or list(per_class) or list(counts)
+    thresholds = dict(zip(classes, q.get("thresholds") or [])) if multiple else {}
+    top = max(counts.values(), default=0) or 1
+    rows = "".join(
+        f"<tr><td>{escape(c)}</td><td class='num'>{counts.get(c, '')}</td>"
+        f"<td><span class='bar' style='width:{80 * counts.get(c, 0) / top:.0f}px'></span></td>"
+        f"<td class='num'>{_num((per_class.get(c) or {}).get('precision'), 2)}</td>"
+        f"<td class='num'>{_num((per_class.get(c) or {}).get('recall'), 2)}</td>"
+        f"<td class='num'>{_num((per_class.get(c) or {}).get('support'))}</td>"
+        + (f"<td class='num'>{_num(thresholds.get(c, 0.5), 2)}</td>" if multiple else "")
+        + "</tr>" for c in classes)
+    kind = "multiple-choice" if multiple else "single-choice"
+    n = metrics.get("n") or 0
+    if not n:
+        said = "no held-out task answers it yet"
+    elif multiple:
+        said = (f"on {n} held-out tasks: micro-F1 {_num(metrics.get('micro_f1'), 2)}, macro-F1 "
+                f"{_num(metrics.get('macro_f1'), 2)}, subset accuracy "
+                f"{_num(metrics.get('subset_accuracy'), 2)}")
+    else:
+        said = (f"on {n} held-out tasks: accuracy {_num(metrics.get('accuracy'), 2)}, macro-F1 "
+                f"{_num(metrics.get('macro_f1'), 2)}")
+    table = (f"<table class='per-class' data-question='{escape(q['name'])}'><tr>"
+             f"<th>{'Label' if multiple else 'Class'}</th><th>Labels</th><th></th>"
+             "<th>Precision</th><th>Recall</th><th>Held-out</th>"
+             + ("<th>Threshold</th>" if multiple else "") + "</tr>" + rows + "</table>")
+    return (f"<h3>{escape(q['name'])} <span class='muted'>({kind})</span></h3>"
+            f"<p class='note'>{said}</p><div class='row'><div>{table}</div>"
+            f"{'' if multiple else _confusion(metrics)}</div>")
+
+
 def _confusion(metrics: dict) -> str:
     """The confusion matrix as a table, each cell shaded by its share of its true class."""
     matrix, classes = metrics.get("confusion") or [], list(metrics.get("per_class") or {})
@@ -144,13 +201,25 @@ def _versions(st: dict) -> str:
             f"<td class='nowrap'>{escape(v['version'])}{serving}</td>"
             f"<td class='num'>{_num(v['n_labels'])}</td>"
             f"<td class='num'>{v.get('n_heldout') or ''}</td><td class='num'>{acc}</td>"
-            f"<td class='num'>{_num((v.get('metrics') or {}).get('macro_f1'), 2)}</td>"
+            f"<td class='num'>{_macro_f1(v)}</td>"
             f"<td class='num'>{_num(v.get('train_seconds'), 2)}</td>"
             f"<td class='nowrap'>{_when(v.get('created_at'))}</td>"
             f"<td class='note'>{_version_note(v)}</td></tr>")
     return ("<h3>Versions</h3><table><tr><th>Version</th><th>Labels</th><th>Held-out</th>"
             "<th>Accuracy (95% CI)</th><th>Macro-F1</th><th>Train s</th><th>Created</th>"
             f"<th>Note</th></tr>{''.join(rows)}</table>")
+
+
+def _macro_f1(v: dict) -> str:
+    """Macro-F1; for several questions their mean, then each question's."""
+    metrics = v.get("metrics") or {}
+    out = _num(metrics.get("macro_f1"), 2)
+    per = metrics.get("questions") or {}
+    if v.get("several_questions") and per:
+        each = ", ".join(f"{escape(q)} {_num((m or {}).get('macro_f1'), 2) or '–'}"
+                         for q, m in per.items())
+        out += f" <span class='muted'>({each})</span>"
+    return out
 
 
 def _jobs(st: dict) -> str:
@@ -176,8 +245,14 @@ def project_section(st: dict) -> str:
              f"{p}' width='700' height='360'>" if st["versions"] else
              "<p class='note'>No version yet: the first retrain after a submit makes one.</p>")
     return (f"<section id='project-{p}'><h2>Project {p}</h2>{_headline(st)}{_queue(st)}"
-            f"<h3>Learning curve</h3>{curve}{_per_class(serving) if serving else ''}"
+            f"<h3>Learning curve</h3>{curve}{_serving_detail(serving)}"
             f"{_versions(st)}{_jobs(st)}</section>")
+
+
+def _serving_detail(serving: dict | None) -> str:
+    if serving is None:
+        return ""
+    return _per_question(serving) if serving.get("several_questions") else _per_class(serving)
 
 
 def render(statuses: list[dict]) -> str:

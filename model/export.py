@@ -1,6 +1,8 @@
 """Self-contained models out (ONNX, TorchScript) and users' own classifiers in.
 
-An export is backbone + head + softmax in one file: ONNX, which onnxruntime runs without torch
+An export is backbone + head + softmax in one file (for a version answering several questions,
+or a multiple-choice one: backbone + one head per question, each with its softmax or sigmoids,
+one output each): ONNX, which onnxruntime runs without torch
 (what camera-trap and edge pipelines ship), and TorchScript, which needs only torch (deprecated
 by torch, kept for existing users and for `import-model`). An import turns a classifier trained
 elsewhere into a backbone weights file and a head, the two halves every version of this backend
@@ -25,6 +27,12 @@ from torchvision import models
 from model.backbone import BACKBONES, Backbone, read_state_dict
 from model.timm_backbones import TIMM_BACKBONES
 from model.export_readme import readme
+from model.export_questions import (
+    QuestionsClassifier,
+    as_outputs,
+    questions_info,
+    several_questions,
+)
 from model.head import Ensemble, Head, build_head, predict_proba
 from model.versions import ModelVersion
 
@@ -64,9 +72,12 @@ TOLERANCE = 1e-4  # largest difference allowed between an export's and the backe
 
 
 def model_info(backbone: Backbone, version: ModelVersion) -> dict:
-    """What an export is: classes in output order, where it comes from, its preprocessing."""
+    """What an export is: classes in output order (or per output, its question), where it
+    comes from, its preprocessing."""
+    labels = ({"questions": questions_info(version)} if several_questions(version)
+              else {"classes": version.classes})
     return {
-        "classes": version.classes,
+        **labels,
         "version": version.name,
         "project": version.meta.get("project"),
         "backbone": backbone.name,
@@ -76,9 +87,15 @@ def model_info(backbone: Backbone, version: ModelVersion) -> dict:
     }
 
 
-def _classifier(backbone: Backbone, version: ModelVersion) -> Classifier:
+def _classifier(backbone: Backbone, version: ModelVersion) -> Classifier | QuestionsClassifier:
     """Copies on the CPU, in eval mode: no dropout, an ensemble gives its members' mean."""
-    return Classifier(copy.deepcopy(backbone.net).cpu(), copy.deepcopy(version.head).cpu()).eval()
+    net = copy.deepcopy(backbone.net).cpu()
+    if several_questions(version):
+        heads = [copy.deepcopy(h).cpu() for h in version.heads]
+        qs = version.questions
+        return QuestionsClassifier(net, heads, [q.multiple for q in qs],
+                                   [q.name for q in qs]).eval()
+    return Classifier(net, copy.deepcopy(version.head).cpu()).eval()
 
 
 def export_torchscript(backbone: Backbone, version: ModelVersion, path: Path) -> dict:
@@ -103,6 +120,9 @@ def export_onnx(backbone: Backbone, version: ModelVersion, path: Path) -> dict:
     import onnx
 
     module = _classifier(backbone, version)
+    outputs = ["probabilities"]
+    if isinstance(module, QuestionsClassifier):  # one output per question's head
+        module, outputs = as_outputs(module), [q["output"] for q in questions_info(version)]
     x = torch.zeros(1, 3, backbone.input_size, backbone.input_size)
     fastpath = torch.backends.mha.get_fastpath_enabled()
     # Attention's fused CPU kernel has no ONNX form (vit_b_16); its plain ops do.
@@ -114,8 +134,8 @@ def export_onnx(backbone: Backbone, version: ModelVersion, path: Path) -> dict:
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(
                 module, (x,), str(path), dynamo=False, opset_version=ONNX_OPSET,
-                input_names=["image"], output_names=["probabilities"],
-                dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}},
+                input_names=["image"], output_names=outputs,
+                dynamic_axes={"image": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
             )
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
@@ -124,17 +144,25 @@ def export_onnx(backbone: Backbone, version: ModelVersion, path: Path) -> dict:
     # onnxruntime shows these as session.get_modelmeta().custom_metadata_map.
     onnx.helper.set_model_props(proto, {k: v if isinstance(v, str) else json.dumps(v)
                                         for k, v in info.items() if v is not None})
-    proto.doc_string = f"{', '.join(version.classes)} classifier ({version.name})"
+    what = (", ".join(version.classes) if "classes" in info else
+            "; ".join(f"{q['name']}: {', '.join(q['classes'])}" for q in info["questions"]))
+    proto.doc_string = f"{what} classifier ({version.name})"
     onnx.save(proto, str(path))
     return info
 
 
 def onnx_probabilities(path: Path, x: np.ndarray) -> np.ndarray:
     """Run an exported ONNX model with onnxruntime on the CPU: probabilities `[n, classes]`."""
+    return onnx_outputs(path, x)["probabilities"]
+
+
+def onnx_outputs(path: Path, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Every output of an exported ONNX model run with onnxruntime on the CPU, by name."""
     import onnxruntime as ort  # only export checks and tests need it
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(["probabilities"], {"image": np.asarray(x, dtype=np.float32)})[0]
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, {"image": np.asarray(x, dtype=np.float32)})))
 
 
 def write_export(backbone: Backbone, version: ModelVersion, folder: Path,
@@ -153,7 +181,8 @@ def write_export(backbone: Backbone, version: ModelVersion, folder: Path,
     if "onnx" in formats:
         info = {**info, "onnx_opset": export_onnx(backbone, version, folder / FILES["onnx"])[
             "onnx_opset"]}
-    (folder / "labels.json").write_text(json.dumps(version.classes, indent=2))
+    labels = info["questions"] if "questions" in info else version.classes
+    (folder / "labels.json").write_text(json.dumps(labels, indent=2))
     (folder / "model.json").write_text(json.dumps(
         {**info, "files": {f: FILES[f] for f in formats}}, indent=2))
     metrics = {k: version.meta.get(k) for k in (
@@ -168,24 +197,38 @@ def write_export(backbone: Backbone, version: ModelVersion, folder: Path,
 def check_export(folder: Path, backbone: Backbone, version: ModelVersion,
                  formats: Sequence[str] = FORMATS) -> None:
     """Each exported model must give the backend's own probabilities (`predict_proba` of the
-    head on the backbone's embeddings) within TOLERANCE on the same inputs; ValueError if not."""
+    head on the backbone's embeddings) within TOLERANCE on the same inputs, every question's
+    head for a version answering several; ValueError if not."""
     x = torch.randn(3, 3, backbone.input_size, backbone.input_size,
                     generator=torch.Generator().manual_seed(0))
     # Embedded on the CPU, as the exports run here: on a GPU, TF32 convolutions alone would
     # differ by more than TOLERANCE.
     with torch.inference_mode():
         embeddings = _classifier(backbone, version).backbone(x).numpy()
-    want = predict_proba(version.head, embeddings)
+    several = several_questions(version)
+    if several:  # per question, the probabilities serving computes (sigmoids: multiple-choice)
+        qs = questions_info(version)
+        want = {q["name"]: predict_proba(h, embeddings) for q, h in zip(qs, version.heads)}
+    else:
+        want = {"": predict_proba(version.head, embeddings)}
     for fmt in formats:
         path = folder / FILES[fmt]
         if fmt == "onnx":
-            got = onnx_probabilities(path, x.numpy())
+            out = onnx_outputs(path, x.numpy())
+            got = ({q["name"]: out.get(q["output"]) for q in qs} if several
+                   else {"": out.get("probabilities")})
         else:
             with torch.no_grad():
-                got = load_torchscript(path)(x).numpy()
-        if got.shape != want.shape or not np.allclose(got, want, atol=TOLERANCE):
-            diff = abs(got - want).max() if got.shape == want.shape else f"shape {got.shape}"
-            raise ValueError(f"exported {path.name} differs from the backend's model by {diff}")
+                out = load_torchscript(path)(x)
+            got = ({k: v.numpy() for k, v in out.items()} if several else {"": out.numpy()})
+        for name, w in want.items():
+            g = got.get(name)
+            what = f"question {name!r} of " if several else ""
+            if g is None or g.shape != w.shape or not np.allclose(g, w, atol=TOLERANCE):
+                diff = (f"shape {None if g is None else g.shape}"
+                        if g is None or g.shape != w.shape else abs(g - w).max())
+                raise ValueError(f"{what}exported {path.name} differs from the backend's model "
+                                 f"by {diff}")
 
 
 def load_torchscript(path: Path, extra: dict[str, str] | None = None) -> torch.jit.ScriptModule:
@@ -252,6 +295,10 @@ def split_torchscript(path: Path) -> tuple[str, dict, Head | Ensemble, list[str]
         raise ValueError(f"{path} is a TorchScript file but not one this backend exported "
                          "(it lacks model.json); import a state dict instead")
     info = json.loads(extra[INFO_FILE])
+    if "classes" not in info:
+        names = ", ".join(q["name"] for q in info.get("questions") or [])
+        raise ValueError(f"{path} answers several questions ({names}); import-model takes a "
+                         "classifier of one single-choice question")
     head = build_head(info["head_config"])
     head.load_state_dict(loaded.head.state_dict())
     state = {k: v.clone() for k, v in loaded.backbone.state_dict().items()}

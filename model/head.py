@@ -56,11 +56,13 @@ class Ensemble(nn.Module):
         super().__init__()
         self.members = nn.ModuleList(members)
         self.config = {**members[0].config, "members": len(members)}
+        self.multiple = bool(self.config.get("multiple"))  # a plain bool: TorchScript reads it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = torch.stack([activation(m, m(x)) for m in self.members]).mean(0)
-        if self.config.get("multiple"):
+        if self.multiple:
+            probs = torch.stack([torch.sigmoid(m(x)) for m in self.members]).mean(0)
             return torch.logit(probs, eps=1e-6)
+        probs = torch.stack([torch.softmax(m(x), dim=1) for m in self.members]).mean(0)
         return torch.log(probs.clamp_min(1e-12))
 
 

@@ -47,6 +47,11 @@ class SimConfig:
     seed: int = 0
     train: TrainConfig = TrainConfig()
     mc_passes: int = 10
+    # Several questions or a multiple-choice one: LABEL_UNCERTAINTY, LABEL_AGGREGATE and
+    # QUESTION_WEIGHTS (as name, weight pairs), how the live priority combines the heads.
+    label_uncertainty: str = "margin"
+    label_aggregate: str = "mean"
+    question_weights: tuple[tuple[str, float], ...] = ()
 
 
 def split_sizes(n: int, test_fraction: float) -> tuple[int, int]:
@@ -55,8 +60,8 @@ def split_sizes(n: int, test_fraction: float) -> tuple[int, int]:
     return n - n_test, n_test
 
 
-def check_sizes(s: SimConfig, labels: np.ndarray, classes: list[str]) -> int:
-    """Refuse settings the data cannot satisfy, in one line each; returns the budget."""
+def check_settings(s: SimConfig) -> None:
+    """Refuse settings no data can satisfy, in one line each."""
     if not s.strategies:
         raise ValueError("no strategies given")
     unknown = [name for name in s.strategies if name not in STRATEGIES]
@@ -67,6 +72,11 @@ def check_sizes(s: SimConfig, labels: np.ndarray, classes: list[str]) -> int:
     for name, value in (("seed size", s.seed_size), ("batch", s.batch), ("repeats", s.repeats)):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
+
+
+def check_sizes(s: SimConfig, labels: np.ndarray, classes: list[str]) -> int:
+    """Refuse settings the data cannot satisfy, in one line each; returns the budget."""
+    check_settings(s)
     counts = np.bincount(labels, minlength=len(classes))
     if counts.min() < 2:
         raise ValueError(
@@ -79,6 +89,11 @@ def check_sizes(s: SimConfig, labels: np.ndarray, classes: list[str]) -> int:
             f"{len(labels)} images split {n_train}/{n_test} (train/test) cannot hold all "
             f"{len(classes)} classes on both sides; change the test fraction or add images"
         )
+    return check_budget(s, n_train)
+
+
+def check_budget(s: SimConfig, n_train: int) -> int:
+    """The budget (labels at the end), or a one-line ValueError when the split cannot hold it."""
     budget = s.budget
     if budget is None:
         budget = min(n_train, s.seed_size + DEFAULT_ROUNDS * s.batch)

@@ -77,9 +77,26 @@ def _ratio(median: float | None, out: dict, metric: str, key: str) -> float | No
     return median / base["median"]
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
+def question_summary(rows: list[dict], full: list[dict], strategies: Sequence[str],
+                     columns: Sequence[str]) -> dict:
+    """Several questions: each question's metrics (`columns`, `<metric>:<question>`) on the
+    whole training split and at the end of each strategy's curve, medians over the repeats."""
+
+    def med(values: list) -> float | None:
+        values = [v for v in values if v is not None]
+        return float(np.median(values)) if values else None
+
+    out: dict[str, dict] = {"full_data": {c: med([f.get(c) for f in full]) for c in columns}}
+    for name in strategies:
+        ends = [max((r for r in rows if r["strategy"] == name and r["repeat"] == rep),
+                    key=lambda r: r["n_labels"]) for rep in range(len(full))]
+        out[name] = {c: med([e.get(c) for e in ends]) for c in columns}
+    return out
+
+
+def write_csv(path: Path, rows: list[dict], columns: Sequence[str] = CSV_COLUMNS) -> None:
     with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
+        writer = csv.DictWriter(fh, fieldnames=list(columns))
         writer.writeheader()
         writer.writerows(rows)
 
@@ -133,4 +150,15 @@ def format_summary(summary: dict) -> str:
             need = "-" if n is None else f"{n:g}"
             cells += f"{need:>9}{'-' if ratio is None else f'{ratio:.2f}':>6}"
         lines.append(f"{name:<15}{e['seed_batch_accuracy']['median']:>9.3f}{cells}")
+    if summary.get("per_question"):
+        lines += ["", "per question at the end of each curve (medians; full: whole training "
+                  "split):"]
+        per = summary["per_question"]
+        for column in per["full_data"]:
+            cells = "  ".join(f"{name} {_fmt(values[column])}" for name, values in per.items())
+            lines.append(f"  {column:<28}{cells.replace('full_data', 'full')}")
     return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

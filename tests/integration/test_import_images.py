@@ -97,3 +97,38 @@ def test_files_outside_the_document_root_are_uploaded(label_studio, client, colo
     assert a["data"]["image"].endswith("-a.png") and b["data"]["image"].endswith("-b.png")
     assert _image_ok(label_studio, a["data"]["image"])
     assert (_choice(label_studio, a), _choice(label_studio, b)) == (label, None)
+
+
+TWO_QUESTIONS = (
+    '<View><Image name="image" value="$image"/><Choices name="colour" toName="image">'
+    + "".join(f'<Choice value="{c}"/>' for c in CLASSES) + "</Choices>"
+    '<Choices name="tags" toName="image" choice="multiple"><Choice value="bright"/>'
+    '<Choice value="plain"/><Choice value="odd"/></Choices></View>'
+)
+
+
+def test_a_csv_answering_two_questions_becomes_one_annotation_per_image(
+        label_studio, client, colour_images, tmp_path):
+    """Label Studio accepts the imported annotations and the backend reads them back as the
+    answers the CSV gave (several labels of the multiple-choice question included)."""
+    from ml_backend.label_config import parse_label_config
+
+    images_root, truth = colour_images
+    (rel_a, colour), (rel_b, _) = list(truth.items())[:2]
+    shutil.copy(images_root / rel_a, tmp_path / "a.png")
+    shutil.copy(images_root / rel_b, tmp_path / "b.png")
+    csv = tmp_path / "labels.csv"
+    csv.write_text(f"image,colour,tags\na.png,{colour},bright|odd\nb.png,,loud\n")
+    project = label_studio.api.post(
+        "/api/projects/", json={"title": "import two", "label_config": TWO_QUESTIONS})["id"]
+
+    report = import_images(client, project, read_sources([csv]), labels=True,
+                           document_root=images_root)
+
+    assert (report.annotations, report.unknown_answers) == (1, {"tags": {"loud": 1}})
+    config = parse_label_config(TWO_QUESTIONS)
+    tasks = {t["id"]: t for t in label_studio.api.list_tasks(project)}
+    a, b = (label_studio.api.get(f"/api/tasks/{tasks[i]['id']}/annotations/")
+            for i in report.task_ids)
+    assert len(a) == 1 and b == []
+    assert config.answers_of(a[0]["result"]) == {"colour": (colour,), "tags": ("bright", "odd")}

@@ -137,3 +137,23 @@ class FakeLabelStudio:
         preds = [p for p in self.predictions
                  if p["model_version"] == version and p["task"] not in labelled]
         return [p["task"] for p in sorted(preds, key=lambda p: p["score"])]
+
+
+# A label config asking two questions: the colour (single-choice) and tags (multiple-choice).
+TWO_QUESTIONS = (
+    '<View><Image name="img" value="$image"/><Choices name="colour" toName="img">'
+    '<Choice value="red"/><Choice value="green"/><Choice value="blue"/></Choices>'
+    '<Choices name="tags" toName="img" choice="multiple"><Choice value="warm"/>'
+    '<Choice value="cool"/><Choice value="leafy"/></Choices></View>'
+)
+TAGS = {"red": ["warm"], "green": ["cool", "leafy"], "blue": ["cool"]}
+
+
+def answer_both(fake_ls: FakeLabelStudio, n: int) -> None:
+    """Ask TWO_QUESTIONS and annotate the first `n` tasks with their colour and TAGS."""
+    fake_ls.config = TWO_QUESTIONS
+    for t in fake_ls.task_list:
+        ann = fake_ls.annotation(t["truth"], t["id"])
+        ann["result"].append({"from_name": "tags", "to_name": "img", "type": "choices",
+                              "value": {"choices": TAGS[t["truth"]]}})
+        t["annotations"] = [ann] if t["id"] <= n else []

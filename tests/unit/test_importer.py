@@ -221,3 +221,78 @@ def test_the_command_fails_in_one_line_on_a_bad_source(tmp_path, capsys):
     assert main(["import-images", "--project", "1", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "does not exist" in err and err.count("\n") == 1
+
+
+# -- several questions ------------------------------------------------------------------------
+class TwoQuestionsLS(RecordingLS):
+    def label_config(self, project: int) -> str:
+        from tests.unit.fakes import TWO_QUESTIONS
+
+        return TWO_QUESTIONS  # colour: red/green/blue; tags (multiple): warm/cool/leafy
+
+
+def _answers(task: dict) -> dict:
+    return {r["from_name"]: r["value"]["choices"] for a in task.get("annotations", [])
+            for r in a["result"]}
+
+
+def test_a_csv_with_a_column_per_question_answers_each(tmp_path):
+    csv = tmp_path / "l.csv"
+    csv.write_text("url,colour,tags,notes\n"
+                   "https://e.com/1.png,green,cool|leafy,x\n"
+                   "https://e.com/2.png,red,,\n"  # tags unanswered
+                   "https://e.com/3.png,,warm,\n"  # colour unanswered
+                   "https://e.com/4.png,,,\n")
+    ls = TwoQuestionsLS()
+
+    report = import_images(ls, 1, read_sources([csv]), labels=True)
+
+    assert [_answers(t) for t in ls.imported] == [
+        {"colour": ["green"], "tags": ["cool", "leafy"]}, {"colour": ["red"]}, {"tags": ["warm"]},
+        {}]
+    assert "annotations" not in ls.imported[3]
+    assert all(r["to_name"] == "img" for a in ls.imported[0]["annotations"] for r in a["result"])
+    assert report.annotations == 3 and not report.unknown_labels
+    assert report.ignored_columns == ["notes"]
+    assert "CSV columns that name no question of the label config, ignored: notes." in \
+        report.lines(1)
+
+
+def test_unknown_labels_are_counted_per_question_and_only_that_answer_is_dropped(tmp_path):
+    csv = tmp_path / "l.csv"
+    csv.write_text("image,colour,tags\n"
+                   "https://e.com/1.png,purple,cool\n"
+                   "https://e.com/2.png,red,cool|hot\n"  # one unknown label: no tags answer
+                   "https://e.com/3.png,red|blue,warm\n"  # two labels for a single choice
+                   "https://e.com/4.png,purple,hot\n")
+    ls = TwoQuestionsLS()
+
+    report = import_images(ls, 1, read_sources([csv]), labels=True)
+
+    assert [_answers(t) for t in ls.imported] == [
+        {"tags": ["cool"]}, {"colour": ["red"]}, {"tags": ["warm"]}, {}]
+    assert report.unknown_answers == {"colour": {"purple": 2, "red|blue": 1}, "tags": {"hot": 2}}
+    lines = "\n".join(report.lines(1))
+    assert "Question 'colour': labels not among its choices, imported without an answer to it: " \
+        "'purple' (2), 'red|blue' (1)." in lines
+    assert "Question 'tags'" in lines and "'hot' (2)" in lines
+
+
+def test_a_single_question_csv_naming_the_question_or_label_imports_alike(tmp_path):
+    for header in ("image,colour", "image,label", "image,Class,notes"):
+        csv = tmp_path / "l.csv"
+        csv.write_text(f"{header}\nhttps://e.com/1.png,red\nhttps://e.com/2.png,purple\n")
+        ls = RecordingLS()
+        report = import_images(ls, 1, read_sources([csv]), labels=True)
+        assert [_labels(t) for t in ls.imported] == [["red"], []], header
+        assert report.annotations == 1 and report.ignored_columns == []
+        assert (report.unknown_labels, report.unknown_answers) in (
+            ({"purple": 1}, {}), ({}, {"colour": {"purple": 1}})), header
+
+
+def test_an_image_listed_twice_with_other_answers_is_an_error(tmp_path):
+    csv = tmp_path / "l.csv"
+    csv.write_text("image,colour,tags\nhttps://e.com/a.png,red,warm\n"
+                   "https://e.com/a.png,red,cool\n")
+    with pytest.raises(ValueError, match="listed twice with other answers"):
+        read_sources([csv])

@@ -272,3 +272,173 @@ def test_errors_are_one_line(tmp_path, capsys):
     for extra, message in cases.items():
         assert message in one_line_error(capsys, "--data", data, "--out", out, *extra)
     assert not (tmp_path / "out").exists()  # refused before any work
+
+
+# -- a CSV dataset: several questions, one of them multiple-choice ------------------------------
+LOOPS, EVEN = {0, 6, 8, 9}, {0, 2, 4, 6, 8}
+
+
+def digit_answers(digits) -> list[dict]:
+    """parity (single-choice) and traits (multiple-choice: loop, large, small) of each digit;
+    every 7th image leaves parity unanswered."""
+    out = []
+    for i, d in enumerate(digits):
+        traits = tuple(t for t, on in (("loop", d in LOOPS), ("large", d >= 5), ("small", d < 5))
+                       if on)
+        a = {"traits": traits}
+        if i % 7:
+            a["parity"] = ("even",) if d in EVEN else ("odd",)
+        out.append(a)
+    return out
+
+
+def digits_questions():
+    from model.questions import Question
+
+    return [Question("parity", ("even", "odd")), Question("traits", ("large", "loop", "small"),
+                                                          multiple=True)]
+
+
+@pytest.fixture(scope="module")
+def digits_sim(tmp_path_factory):
+    from sklearn.datasets import load_digits
+
+    from ml_backend.simulation import simulate_questions
+
+    x, y = load_digits(return_X_y=True)
+    x, y = x[:300].astype(np.float32), y[:300]
+    config = SimConfig(strategies=("margin", "badge", "random"), seed_size=30, batch=30,
+                       budget=90, repeats=1)
+    out = tmp_path_factory.mktemp("digits")
+    return simulate_questions(x, digit_answers(y), digits_questions(), out, config,
+                              progress=False), out
+
+
+def test_a_multi_question_csv_curve_has_each_questions_metrics(digits_sim):
+    result, out = digits_sim
+    with (out / "results.csv").open() as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+    assert {"accuracy:parity", "macro_f1:parity", "accuracy:traits", "macro_f1:traits",
+            "micro_f1:traits"} <= set(reader.fieldnames)
+    assert "micro_f1:parity" not in reader.fieldnames  # a single-choice question has none
+    assert len(rows) == 3 * 3  # strategies x rounds
+    for r in rows:
+        per = [float(r["macro_f1:parity"]), float(r["macro_f1:traits"])]
+        assert all(0 <= v <= 1 for v in per)
+        assert float(r["macro_f1"]) == pytest.approx(np.mean(per))  # the combined metric
+    summary = json.loads((out / "summary.json").read_text())
+    assert [q["name"] for q in summary["questions"]] == ["parity", "traits"]
+    assert summary["questions"][1]["multiple"] is True
+    assert summary["label_counts"]["traits"]["loop"] > 0
+    per = summary["per_question"]
+    assert set(per) == {"full_data", "margin", "badge", "random"}
+    # trained on the whole training split, both heads learn (pixels of digits)
+    assert per["full_data"]["macro_f1:traits"] > 0.7 and per["full_data"]["accuracy:parity"] > 0.7
+    assert (out / "curve.png").read_bytes().startswith(b"\x89PNG")
+    assert "macro_f1:traits" in format_summary_text(summary)
+
+
+def format_summary_text(summary) -> str:
+    from ml_backend.simulation import format_summary
+
+    return format_summary(summary)
+
+
+def test_a_multi_question_replay_ranks_as_the_live_loop(digits_sim):
+    result, _ = digits_sim
+    later = {(r["strategy"], r["selected_by"]) for r in result.rows if r["round"] > 0}
+    # BADGE needs one question's class probabilities: live it gives way to Cluster-Margin
+    assert later == {("margin", "margin"), ("badge", "cluster_margin"), ("random", "random")}
+    first = {r["strategy"]: r["selected_by"] for r in result.rows if r["round"] == 0}
+    assert first["margin"] == "random"  # no model yet
+    for (strategy, rep), order in result.labelled.items():
+        assert len(set(order.tolist())) == 90
+        assert not set(result.test[rep].tolist()) & set(order.tolist())
+
+
+def test_the_replay_combines_questions_by_the_settings_as_the_live_priority_does():
+    """Several questions: one confidence from every head (sampling.questions), weighted and
+    aggregated by the settings; BADGE gives way to Cluster-Margin; one single-choice question
+    ranks by its own probabilities."""
+    from model.questions import Question
+    from ml_backend.simulation.questions import priority_inputs
+    from sampling.questions import combined_confidence
+
+    questions = digits_questions()
+    rng = np.random.default_rng(0)
+    p = rng.random((50, 2))
+    probs = {"parity": p / p.sum(1, keepdims=True), "traits": rng.random((50, 3))}
+    for weights, aggregate, strategy, ranked_by in (
+            ({}, "mean", "margin", "margin"), ({"traits": 3.0}, "max", "entropy", "entropy"),
+            ({}, "mean", "badge", "cluster_margin")):
+        s = SimConfig(label_aggregate=aggregate, question_weights=tuple(weights.items()))
+        name, given, confidence = priority_inputs(strategy, questions, probs, s)
+        assert (name, given) == (ranked_by, None)
+        want = combined_confidence(
+            [probs["parity"], probs["traits"]], [False, True],
+            acquisition=strategy if strategy != "badge" else "margin",
+            label_acquisition="margin", label_aggregate=aggregate,
+            weights=[weights.get("parity", 1.0), weights.get("traits", 1.0)])
+        np.testing.assert_allclose(confidence, want)
+    assert not np.allclose(priority_inputs("margin", questions, probs, SimConfig())[2],
+                           priority_inputs("margin", questions, probs, SimConfig(
+                               question_weights=(("traits", 3.0),)))[2])
+    one = [Question("parity", ("even", "odd"))]
+    name, given, confidence = priority_inputs("badge", one, {"parity": probs["parity"]},
+                                              SimConfig())
+    assert name == "badge" and given is probs["parity"] and confidence is None
+
+
+def test_the_cli_simulates_a_csv_of_images_answering_two_questions(tmp_path, capsys):
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    (tmp_path / "img").mkdir()
+    lines = ["image,parity,traits"]
+    for i, (pixels, a) in enumerate(zip(x[:40], digit_answers(y[:40]))):
+        Image.fromarray((pixels.reshape(8, 8) * 15).astype(np.uint8)).resize((32, 32)).save(
+            tmp_path / "img" / f"{i}.png")
+        lines.append(f"img/{i}.png,{a.get('parity', ('',))[0]},{'|'.join(a['traits'])}")
+    data = tmp_path / "digits.csv"
+    data.write_text("\n".join(lines) + "\n")
+    assert main(["simulate", "--data", str(data), "--out", str(tmp_path / "out"),
+                 "--strategies", "margin", "--seed-size", "10", "--batch", "10",
+                 "--budget", "20", "--repeats", "1", "--backbone", "mobilenet_v3_small",
+                 "--weights", "none", "--cache", str(tmp_path / "cache")]) == 0
+    printed = capsys.readouterr().out
+    assert "macro_f1:parity" in printed and "micro_f1:traits" in printed
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["n_images"] == 40
+    assert [(q["name"], q["multiple"]) for q in summary["questions"]] == [
+        ("parity", False), ("traits", True)]
+    # a column named by --multiple is multiple-choice though no cell holds two labels
+    single = tmp_path / "one.csv"
+    single.write_text("image,parity\n" + "\n".join(f"img/{i}.png,{'even' if i % 2 else 'odd'}"
+                                                    for i in range(40)) + "\n")
+    assert main(["simulate", "--data", str(single), "--out", str(tmp_path / "out2"),
+                 "--strategies", "random", "--seed-size", "10", "--batch", "10", "--budget",
+                 "10", "--repeats", "1", "--backbone", "mobilenet_v3_small", "--weights",
+                 "none", "--cache", str(tmp_path / "cache"), "--multiple", "parity"]) == 0
+    summary = json.loads((tmp_path / "out2" / "summary.json").read_text())
+    assert summary["questions"][0]["multiple"] is True
+
+
+def test_csv_dataset_errors_are_one_line(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    (tmp_path / "a.png").write_bytes(png_bytes("red", 0))
+    cases = {
+        "file,species\na.png,cat\nb.png,dog\n": "b.png does not exist",
+        "species,count\ncat,1\n": "names no image column",
+        "image\na.png\n": "names no question column",
+        "image,species\na.png,cat\n": "question 'species' has 1 label(s)",
+    }
+    for i, (text, message) in enumerate(cases.items()):
+        (tmp_path / f"{i}.csv").write_text(text)
+        assert message in one_line_error(capsys, "--data", str(tmp_path / f"{i}.csv"),
+                                         "--out", out)
+    (tmp_path / "ok.csv").write_text("image,species\na.png,cat|dog\n")
+    assert "no question column 'size'" in one_line_error(
+        capsys, "--data", str(tmp_path / "ok.csv"), "--out", out, "--multiple", "size")
+    assert not (tmp_path / "out").exists()

@@ -187,3 +187,53 @@ def test_the_page_in_headless_chromium_shows_curve_per_class_table_and_confusion
     # The interval band: the curve's blue at 12% over white.
     assert colour_pixels(png, (226, 236, 244), tol=12) > 500
     assert colour_pixels(png, (0xFD, 0xE2, 0xE2), tol=6) > 500  # the failed job's row
+
+
+
+def test_several_questions_get_a_curve_each_and_per_question_tables(settings, tmp_path):
+    from ml_backend.status_charts import QUESTION_COLOURS, question_curves
+    from tests.unit.fakes import FakeLabelStudio, answer_both
+
+    fake_ls = FakeLabelStudio(n_per_class=10)
+    runtime = Runtime(settings, labelstudio=fake_ls)
+    for n in (12, 21, 30):
+        answer_both(fake_ls, n)
+        steps.retrain(runtime, 1)
+    client = TestClient(create_app(settings, runtime))
+    status = client.get("/status/1").json()
+    last = status["versions"][-1]
+    assert last["several_questions"] and last["serving"]
+    assert [q["name"] for q in last["questions"]] == ["colour", "tags"]
+    assert last["label_counts"]["tags"] == {"warm": 10, "cool": 20, "leafy": 10}
+    assert set(last["metrics"]["questions"]) == {"colour", "tags"}
+    page = client.get("/").text
+    assert "<h3>Per question: v3 (serving)" in page
+    assert "<h3>colour <span class='muted'>(single-choice)</span></h3>" in page
+    assert "<h3>tags <span class='muted'>(multiple-choice)</span></h3>" in page
+    tags = page.split("data-question='tags'")[1].split("</table>")[0]
+    assert "<th>Threshold</th>" in tags and "<td>leafy</td><td class='num'>10</td>" in tags
+    assert "subset accuracy" in page and "micro-F1" in page
+    colour = page.split("data-question='colour'")[1].split("</table>")[0]
+    assert "<th>Threshold</th>" not in colour
+    assert "table class='confusion'" in page  # the single-choice question's
+    assert "(colour " in page and ", tags " in page  # per-question macro-F1 in the versions
+    curves = question_curves(status["versions"])  # what the chart draws per question
+    assert {q: [(x, multiple) for x, _, multiple in pts] for q, pts in curves.items()} == {
+        "colour": [(12, False), (21, False), (30, False)], "tags": [(12, True), (21, True),
+                                                                    (30, True)]}
+    png = client.get("/status/1/curve.png").content
+    for rgb in QUESTION_COLOURS[:2]:  # one line per question
+        assert colour_pixels(png, tuple(int(rgb[i:i + 2], 16) for i in (1, 3, 5))) > 20
+    assert colour_pixels(png, tuple(int(QUESTION_COLOURS[2][i:i + 2], 16)
+                                    for i in (1, 3, 5))) == 0  # and no third
+
+
+def test_a_single_question_page_has_no_per_question_parts(app):
+    page = TestClient(app).get("/").text
+    assert "Per question" not in page and "<h3>Per class: v3 (serving)" in page
+    assert "Threshold" not in page
+    png = TestClient(app).get("/status/1/curve.png").content
+    from ml_backend.status_charts import QUESTION_COLOURS
+
+    for rgb in QUESTION_COLOURS[:2]:
+        assert colour_pixels(png, tuple(int(rgb[i:i + 2], 16) for i in (1, 3, 5))) == 0
