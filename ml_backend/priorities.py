@@ -20,7 +20,7 @@ from ml_backend.pool import Pool
 from ml_backend.runtime import Runtime
 from model.versions import ModelVersion
 from sampling import STOCHASTIC_STRATEGIES, rank
-from sampling.questions import ACQUISITIONS, combined_confidence
+from sampling.questions import rank_inputs
 
 # Tasks whose image cannot be loaded still get a prediction (or they would be served before
 # nothing else is left), with the highest score so they come last.
@@ -68,7 +68,11 @@ def plan_order(
             by_question = model.probabilities(emb, config.questions, passes=passes,
                                               seed=rt.settings.seed)
         if (~labeled).any():
-            strategy, probs, confidence = _priority_inputs(rt, config, strategy, by_question)
+            strategy, probs, confidence = rank_inputs(
+                strategy, by_question, {q.name: q.multiple for q in config.questions},
+                label_uncertainty=rt.settings.label_uncertainty,
+                label_aggregate=rt.settings.label_aggregate,
+                weights=rt.settings.question_weights)
             ranking = rank(strategy, k=min(k, int((~labeled).sum())), labeled=labeled,
                            probs=probs, embeddings=emb, seed=rt.settings.seed,
                            confidence=confidence)
@@ -87,27 +91,3 @@ def plan_order(
                                 "model_version": version})
     return Plan(version, resolved, predictions, errors)
 
-
-def _priority_inputs(rt: Runtime, config: LabelConfig, strategy: str,
-                     by_question: dict[str, np.ndarray]
-                     ) -> tuple[str, np.ndarray | None, np.ndarray | None]:
-    """What `rank` orders by: one single-choice question's probabilities, as always; with
-    several questions or a multiple-choice one, one confidence combining every head's
-    (`sampling.questions`), weighted by QUESTION_WEIGHTS. BADGE and DropQuery need one
-    question's class probabilities: there they give way to Cluster-Margin, the batch strategy
-    closest to them that a combined confidence can drive."""
-    single = config.single
-    if not by_question or (single is not None and single.name in by_question):
-        return strategy, next(iter(by_question.values()), None), None
-    kinds = {q.name: q.multiple for q in config.questions}
-    names = list(by_question)
-    s = rt.settings
-    confidence = combined_confidence(
-        [by_question[q] for q in names], [kinds[q] for q in names],
-        acquisition=strategy if strategy in ACQUISITIONS else "margin",
-        label_acquisition="bald" if strategy == "bald" else s.label_uncertainty,
-        label_aggregate=s.label_aggregate,
-        weights=[s.question_weights.get(q, 1.0) for q in names])
-    if strategy in ("badge", "dropquery"):
-        strategy = "cluster_margin"
-    return strategy, None, confidence

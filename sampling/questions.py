@@ -90,3 +90,26 @@ def combined_confidence(probs: Sequence[np.ndarray], multiple: Sequence[bool], *
     scores = [head_confidence(p, m, acquisition=label_acquisition if m else acquisition,
                               label_aggregate=label_aggregate) for p, m in zip(probs, multiple)]
     return np.clip(np.average(np.stack(scores), axis=0, weights=w), 0.0, 1.0)
+
+
+def rank_inputs(strategy: str, probs: dict[str, np.ndarray], multiple: dict[str, bool], *,
+                label_uncertainty: str = "margin", label_aggregate: str = "mean",
+                weights: dict[str, float] | None = None
+                ) -> tuple[str, np.ndarray | None, np.ndarray | None]:
+    """`(strategy, probs, confidence)` for `rank`, from the heads' `probs` by question name and
+    every question's kind in `multiple` (the label config's questions).
+
+    One single-choice question ranks by its probabilities, as always; several questions or a
+    multiple-choice one by `combined_confidence` (a question's weight from `weights`, 1 when
+    absent). BADGE and DropQuery need one question's class probabilities: there they give way
+    to Cluster-Margin, the batch strategy closest to them that a confidence can drive."""
+    if not probs or (len(multiple) == 1 and not any(multiple.values())):
+        return strategy, next(iter(probs.values()), None), None
+    names = list(probs)
+    confidence = combined_confidence(
+        [probs[q] for q in names], [multiple[q] for q in names],
+        acquisition=strategy if strategy in ACQUISITIONS else "margin",
+        label_acquisition="bald" if strategy == "bald" else label_uncertainty,
+        label_aggregate=label_aggregate,
+        weights=[(weights or {}).get(q, 1.0) for q in names])
+    return ("cluster_margin" if strategy in ("badge", "dropquery") else strategy), None, confidence

@@ -4,8 +4,8 @@ As the live loop does for such a label config: each round trains every question'
 `model.training.train_questions` (the same held-out split, per-label thresholds and promotion
 rule), and ranks the pool by the confidence `sampling.questions.combined_confidence` combines
 from the serving version's heads, under the same settings (LABEL_UNCERTAINTY,
-LABEL_AGGREGATE, QUESTION_WEIGHTS) and with the same fallback for BADGE and DropQuery as
-`ml_backend.priorities`. One single-choice question ranks by its probabilities, as always.
+LABEL_AGGREGATE, QUESTION_WEIGHTS) and with the same fallback for BADGE and DropQuery
+(`sampling.questions.rank_inputs`, which `ml_backend.priorities` calls too). One single-choice question ranks by its probabilities, as always.
 
 An image answers the questions its row has a cell for; an annotation that answers only some
 trains only those heads, live and here. Each round's row holds the mean over the questions
@@ -27,7 +27,7 @@ from model.questions import Answers, Question
 from model.training import train_questions
 from model.versions import ModelVersion
 from sampling import rank
-from sampling.questions import ACQUISITIONS, combined_confidence
+from sampling.questions import rank_inputs
 
 
 def question_columns(questions: list[Question]) -> list[str]:
@@ -88,31 +88,15 @@ def flat(metrics: dict, questions: list[Question]) -> dict:
     return out
 
 
-def priority_inputs(strategy: str, questions: list[Question], by_question: dict[str, np.ndarray],
-                    s: SimConfig) -> tuple[str, np.ndarray | None, np.ndarray | None]:
-    """What `rank` orders by, as `ml_backend.priorities._priority_inputs` decides it live."""
-    single = questions[0] if len(questions) == 1 and not questions[0].multiple else None
-    if not by_question or (single is not None and single.name in by_question):
-        return strategy, next(iter(by_question.values()), None), None
-    kinds = {q.name: q.multiple for q in questions}
-    names = list(by_question)
-    confidence = combined_confidence(
-        [by_question[q] for q in names], [kinds[q] for q in names],
-        acquisition=strategy if strategy in ACQUISITIONS else "margin",
-        label_acquisition="bald" if strategy == "bald" else s.label_uncertainty,
-        label_aggregate=s.label_aggregate,
-        weights=[dict(s.question_weights).get(q, 1.0) for q in names])
-    if strategy in ("badge", "dropquery"):
-        strategy = "cluster_margin"
-    return strategy, None, confidence
-
-
 def select(strategy: str, k: int, labeled: np.ndarray, by_question: dict[str, np.ndarray],
            questions: list[Question], pool: np.ndarray, s: SimConfig, seed: int
            ) -> tuple[np.ndarray, str]:
     """The first `k` items the live ranking serves, and the strategy that chose them (random
     for a strategy that needs a model while there is none, as live)."""
-    name, probs, confidence = priority_inputs(strategy, questions, by_question, s)
+    name, probs, confidence = rank_inputs(
+        strategy, by_question, {q.name: q.multiple for q in questions},
+        label_uncertainty=s.label_uncertainty, label_aggregate=s.label_aggregate,
+        weights=dict(s.question_weights))
     try:
         r = rank(name, k=k, labeled=labeled, probs=probs, embeddings=pool, seed=seed,
                  confidence=confidence)

@@ -60,3 +60,28 @@ def test_per_label_closed_forms_match_the_two_class_acquisitions(name):
     two = np.stack([p, 1 - p], axis=2).reshape(150, 2)
     want = ACQUISITIONS[name](two).reshape(50, 3).mean(1)
     np.testing.assert_allclose(head_confidence(p, True, acquisition=name), want, atol=1e-9)
+
+
+def test_rank_inputs_combine_by_the_settings_and_leave_one_question_alone():
+    from sampling.questions import rank_inputs
+
+    rng = np.random.default_rng(0)
+    p = rng.random((50, 2))
+    probs = {"parity": p / p.sum(1, keepdims=True), "traits": rng.random((50, 3))}
+    kinds = {"parity": False, "traits": True}
+    for weights, aggregate, strategy, ranked_by in (
+            ({}, "mean", "margin", "margin"), ({"traits": 3.0}, "max", "entropy", "entropy"),
+            ({}, "mean", "badge", "cluster_margin")):
+        name, given, confidence = rank_inputs(strategy, probs, kinds, label_aggregate=aggregate,
+                                              weights=weights)
+        assert (name, given) == (ranked_by, None)
+        want = combined_confidence(
+            [probs["parity"], probs["traits"]], [False, True],
+            acquisition=strategy if strategy != "badge" else "margin",
+            label_acquisition="margin", label_aggregate=aggregate,
+            weights=[weights.get("parity", 1.0), weights.get("traits", 1.0)])
+        np.testing.assert_allclose(confidence, want)
+    # One single-choice question ranks by its own probabilities, whatever the strategy.
+    name, given, confidence = rank_inputs("badge", {"parity": probs["parity"]}, {"parity": False})
+    assert name == "badge" and given is probs["parity"] and confidence is None
+    assert rank_inputs("margin", {}, kinds) == ("margin", None, None)  # no head answers yet

@@ -357,39 +357,6 @@ def test_a_multi_question_replay_ranks_as_the_live_loop(digits_sim):
         assert not set(result.test[rep].tolist()) & set(order.tolist())
 
 
-def test_the_replay_combines_questions_by_the_settings_as_the_live_priority_does():
-    """Several questions: one confidence from every head (sampling.questions), weighted and
-    aggregated by the settings; BADGE gives way to Cluster-Margin; one single-choice question
-    ranks by its own probabilities."""
-    from model.questions import Question
-    from ml_backend.simulation.questions import priority_inputs
-    from sampling.questions import combined_confidence
-
-    questions = digits_questions()
-    rng = np.random.default_rng(0)
-    p = rng.random((50, 2))
-    probs = {"parity": p / p.sum(1, keepdims=True), "traits": rng.random((50, 3))}
-    for weights, aggregate, strategy, ranked_by in (
-            ({}, "mean", "margin", "margin"), ({"traits": 3.0}, "max", "entropy", "entropy"),
-            ({}, "mean", "badge", "cluster_margin")):
-        s = SimConfig(label_aggregate=aggregate, question_weights=tuple(weights.items()))
-        name, given, confidence = priority_inputs(strategy, questions, probs, s)
-        assert (name, given) == (ranked_by, None)
-        want = combined_confidence(
-            [probs["parity"], probs["traits"]], [False, True],
-            acquisition=strategy if strategy != "badge" else "margin",
-            label_acquisition="margin", label_aggregate=aggregate,
-            weights=[weights.get("parity", 1.0), weights.get("traits", 1.0)])
-        np.testing.assert_allclose(confidence, want)
-    assert not np.allclose(priority_inputs("margin", questions, probs, SimConfig())[2],
-                           priority_inputs("margin", questions, probs, SimConfig(
-                               question_weights=(("traits", 3.0),)))[2])
-    one = [Question("parity", ("even", "odd"))]
-    name, given, confidence = priority_inputs("badge", one, {"parity": probs["parity"]},
-                                              SimConfig())
-    assert name == "badge" and given is probs["parity"] and confidence is None
-
-
 def test_the_cli_simulates_a_csv_of_images_answering_two_questions(tmp_path, capsys):
     from PIL import Image
     from sklearn.datasets import load_digits
