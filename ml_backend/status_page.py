@@ -80,14 +80,7 @@ def _per_class(version: dict) -> str:
     per_class = metrics.get("per_class") or {}
     classes = list(per_class) or list(counts)
     name = escape(version["version"])
-    top = max(counts.values(), default=0) or 1
-    rows = "".join(
-        f"<tr><td>{escape(c)}</td><td class='num'>{counts.get(c, '')}</td>"
-        f"<td><span class='bar' style='width:{80 * counts.get(c, 0) / top:.0f}px'></span></td>"
-        f"<td class='num'>{_num((per_class.get(c) or {}).get('precision'), 2)}</td>"
-        f"<td class='num'>{_num((per_class.get(c) or {}).get('recall'), 2)}</td>"
-        f"<td class='num'>{_num((per_class.get(c) or {}).get('support'))}</td></tr>"
-        for c in classes)
+    rows = _class_rows(classes, counts, per_class)
     n = metrics.get("n") or 0
     caveat = (f" <span class='warn'>(only {n} held-out tasks: read these as rough)</span>"
               if 0 < n < RELIABLE_HELDOUT else "")
@@ -97,6 +90,22 @@ def _per_class(version: dict) -> str:
     table = ("<table class='per-class'><tr><th>Class</th><th>Labels</th><th></th>"
              "<th>Precision</th><th>Recall</th><th>Held-out</th></tr>" + rows + "</table>")
     return head + f"<div class='row'><div>{table}</div>{_confusion(metrics)}</div>"
+
+
+def _class_rows(classes: list[str], counts: dict, per_class: dict,
+                thresholds: dict | None = None) -> str:
+    """Table rows per class: labels (with a bar), held-out precision, recall and support, and
+    a multiple-choice label's threshold when `thresholds` is given."""
+    top = max(counts.values(), default=0) or 1
+    return "".join(
+        f"<tr><td>{escape(c)}</td><td class='num'>{counts.get(c, '')}</td>"
+        f"<td><span class='bar' style='width:{80 * counts.get(c, 0) / top:.0f}px'></span></td>"
+        f"<td class='num'>{_num((per_class.get(c) or {}).get('precision'), 2)}</td>"
+        f"<td class='num'>{_num((per_class.get(c) or {}).get('recall'), 2)}</td>"
+        f"<td class='num'>{_num((per_class.get(c) or {}).get('support'))}</td>"
+        + (f"<td class='num'>{_num(thresholds.get(c, 0.5), 2)}</td>" if thresholds is not None
+           else "")
+        + "</tr>" for c in classes)
 
 
 def _per_question(version: dict) -> str:
@@ -125,15 +134,7 @@ def _question_table(q: dict, metrics: dict, counts: dict) -> str:
     per_class = metrics.get("per_class") or {}
     classes = list(q.get("classes") or []) or list(per_class) or list(counts)
     thresholds = dict(zip(classes, q.get("thresholds") or [])) if multiple else {}
-    top = max(counts.values(), default=0) or 1
-    rows = "".join(
-        f"<tr><td>{escape(c)}</td><td class='num'>{counts.get(c, '')}</td>"
-        f"<td><span class='bar' style='width:{80 * counts.get(c, 0) / top:.0f}px'></span></td>"
-        f"<td class='num'>{_num((per_class.get(c) or {}).get('precision'), 2)}</td>"
-        f"<td class='num'>{_num((per_class.get(c) or {}).get('recall'), 2)}</td>"
-        f"<td class='num'>{_num((per_class.get(c) or {}).get('support'))}</td>"
-        + (f"<td class='num'>{_num(thresholds.get(c, 0.5), 2)}</td>" if multiple else "")
-        + "</tr>" for c in classes)
+    rows = _class_rows(classes, counts, per_class, thresholds if multiple else None)
     kind = "multiple-choice" if multiple else "single-choice"
     n = metrics.get("n") or 0
     if not n:
