@@ -152,3 +152,25 @@ def test_status_versions_and_metrics(client, trained):
     client.get("/health")
     assert 'al_requests_total{endpoint="health"}' in client.get("/metrics").text
     assert client.get("/status/2").json()["serving_version"] is None
+
+
+def test_setup_and_predict_answer_every_question_of_a_two_question_config(client, runtime,
+                                                                          fake_ls):
+    from tests.unit.fakes import TWO_QUESTIONS, answer_both
+
+    answer_both(fake_ls, 12)
+    assert client.post("/setup", json={"project": "1.1", "schema": TWO_QUESTIONS}).status_code == 200
+    retrain(runtime, 1)
+    body = predict_body(fake_ls, [13, 14]) | {"label_config": TWO_QUESTIONS}
+    res = client.post("/predict", json=body)
+    assert res.status_code == 200
+    for pred in res.json()["results"]:
+        said = {r["from_name"]: r["value"]["choices"] for r in pred["result"]}
+        assert len(said["colour"]) == 1 and said.get("tags")
+        assert pred["model_version"] == "al-v1"
+    for schema, named in ((TWO_QUESTIONS.replace('toName="img" choice', 'toName="img" '
+                                                 'perRegion="true" choice'), "perRegion"),
+                          (TWO_QUESTIONS.replace("</View>", '<Image name="b" value="$b"/></View>'),
+                           "Image")):
+        res = client.post("/setup", json={"project": "1.1", "schema": schema})
+        assert res.status_code == 422 and named in res.json()["detail"]
