@@ -192,3 +192,23 @@ def test_question_weights_read_as_name_weight_pairs(settings):
     for bad in ("species", "species:heavy", "species:-1", ":2"):
         with pytest.raises(ValidationError, match="QUESTION_WEIGHTS"):
             Settings(**base | {"question_weights": bad})
+
+
+def test_a_question_added_mid_project_keeps_the_first_one_answered(runtime, fake_ls):
+    from tests.unit.fakes import answer_both
+
+    retrain(runtime, 1)  # one single-choice question: a plain head, as always
+    answer_both(fake_ls, 0)  # the config now asks two questions; nothing answers the tags yet
+    for t in fake_ls.task_list[:12]:
+        t["annotations"] = [fake_ls.annotation(t["truth"], t["id"])]
+    assert retrain(runtime, 1)["version"] == "v2"
+    preds = [p for p in fake_ls.predictions if p["model_version"] == "al-v2"]
+    assert preds and all({r["from_name"] for r in p["result"]} == {"colour"} for p in preds)
+    # Once some annotations answer the tags too, the next version answers both.
+    answer_both(fake_ls, 6)
+    for t in fake_ls.task_list[6:12]:
+        t["annotations"] = [fake_ls.annotation(t["truth"], t["id"])]
+    assert retrain(runtime, 1)["version"] == "v3"
+    preds = [p for p in fake_ls.predictions if p["model_version"] == "al-v3"]
+    assert any({r["from_name"] for r in p["result"]} == {"colour", "tags"} for p in preds)
+    assert runtime.versions(1).load("v3").meta["label_counts"]["tags"]
