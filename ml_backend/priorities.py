@@ -81,9 +81,14 @@ def plan_order(
             if by_question:
                 said = model.answers({q: p[ranking.indices] for q, p in by_question.items()},
                                      config.questions, len(ranking.indices))
+            results: dict[tuple, list[dict]] = {}  # one per distinct answer: 10^6 tasks share few
             for answers, idx, score in zip(said, ranking.indices.tolist(),
                                            ranking.scores.tolist()):
-                predictions.append({"task": ids[idx], "result": config.result(answers),
+                key = tuple(answers.items())
+                result = results.get(key)
+                if result is None:
+                    result = results[key] = config.result(answers)
+                predictions.append({"task": ids[idx], "result": result,
                                     "score": float(score), "model_version": version})
     for task in pool.unlabeled:
         if task not in vectors:
