@@ -18,6 +18,7 @@ import numpy as np
 
 from ml_backend.label_config import LabelConfig
 from ml_backend.settings import Settings
+from model.versions import writer_id
 
 # Score of a task the order does not hold (imported after it, or its image failed): served last.
 LAST = 1.0
@@ -62,7 +63,7 @@ def save(settings: Settings, project: int, version: str, predictions: list[dict]
     path.parent.mkdir(parents=True, exist_ok=True)
     labels = [next((c for r in p["result"] for c in r.get("value", {}).get("choices", [])), "")
               for p in predictions]
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
+    tmp = path.with_name(f".{path.stem}.{writer_id()}.npz")  # MODEL_DIR may be shared
     np.savez(tmp, tasks=np.array([p["task"] for p in predictions], dtype=np.int64),
              scores=np.array([p["score"] for p in predictions], dtype=np.float64),
              labels=np.array(labels, dtype=str))
