@@ -203,7 +203,8 @@ def maybe_finetune(rt: Runtime, project: int, ctx: StepContext, n_labels: int) -
 def publish_order(rt: Runtime, project: int, pool: Pool, config: LabelConfig,
                   name: str, ctx: StepContext = StepContext(), *, replace: bool = False) -> dict:
     """Make room (old versions beyond KEEP_VERSIONS), then push version `name`'s order."""
-    made_room = make_room(rt, project, ownership.name_of(name, rt.versions(project).meta(name)))
+    made_room = make_room(rt, project, ownership.name_of(name, rt.versions(project).meta(name)),
+                          live=publish.live_version(rt, project))
     queue = push_order(rt, project, pool, config, rt.versions(project).load(name), ctx,
                        replace=replace)
     queue["made_room"] = made_room
