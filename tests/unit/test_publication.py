@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
 
-from ml_backend import reconcile
+from ml_backend import orders, reconcile
 from ml_backend.ownership import ForeignVersion, record_path
 from ml_backend.queue_state import ProjectQueue
 from ml_backend.server import create_app
@@ -113,6 +113,28 @@ def test_a_head_running_low_is_topped_up_from_the_stored_order(runtime, fake_ls,
     assert order[:2] == first and len(order) == 3
     new = of(fake_ls, "al-v1")[-1]
     assert new["score"] >= max(p["score"] for p in of(fake_ls, "al-v1")[:2]) and new["result"]
+
+
+def test_top_ups_go_on_after_redis_lost_the_record_of_the_head(runtime, fake_ls, redis_url):
+    """Redis restarted without its data forgets how far the order was pushed: the next
+    annotation still leads to a top-up, which rebuilds the record from Label Studio and pushes
+    the next places of the order, not those already there."""
+    redis = Redis.from_url(redis_url)
+    runtime.settings.queue_head = 2
+    ctx = StepContext(redis=redis)
+    retrain(runtime, 1, ctx)
+    stored = orders.load(runtime.settings, 1, "al-v1")
+    redis.flushdb()
+    taken = next(t for t in fake_ls.task_list if t["id"] == int(stored.tasks[0]))
+    taken["annotations"] = [fake_ls.annotation(taken["truth"], taken["id"])]
+    client = TestClient(create_app(runtime.settings, runtime))
+    event = {"action": "ANNOTATION_CREATED", "project": 1, "annotation": {"id": 1}}
+    assert client.post("/webhook", json=event).status_code == 200
+    assert ProjectQueue(redis, 1).is_pending("topup")
+    assert topup(runtime, 1, ctx) == {"pushed": 1, "version": "al-v1"}
+    assert [p["task"] for p in of(fake_ls, "al-v1")] == stored.tasks[:3].tolist()
+    assert ProjectQueue(redis, 1).head() == {"version": "al-v1", "pushed": 3, "left": 2,
+                                             "complete": False}
 
 
 FAULTS = {
