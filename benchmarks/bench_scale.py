@@ -60,6 +60,10 @@ from tools.processes import label_studio_env  # noqa: E402
 PER_CLASS_IMAGES = 4
 IMPORT_CHUNK = 5000
 PG_TEMPLATE = "bench_scale_template"
+# Label Studio 1.23's prediction import recounts every task of the project after each import
+# (seconds at 5,000 tasks, a minute at 100,000) unless this flag of its own is on; with it, only
+# the tasks given a prediction.
+PREDICTIONS_IMPORT_FLAG = "fflag_fix_back_4620_memory_efficient_predictions_import_08012025_short"
 
 
 def load() -> str:
@@ -92,6 +96,7 @@ def pg_env(name: str) -> dict[str, str]:
 def run_label_studio(data_dir: Path, images: Path, log_path: Path, extra: dict[str, str],
                      timeout: float) -> tuple[ManagedProcess, str]:
     env = label_studio_env(data_dir, images) | extra
+    env.setdefault(PREDICTIONS_IMPORT_FLAG, "true")
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     proc = ManagedProcess("label-studio", [
@@ -104,7 +109,7 @@ def run_label_studio(data_dir: Path, images: Path, log_path: Path, extra: dict[s
 
 
 def start_label_studio(db: str, work: Path, run_dir: Path, images: Path,
-                       cleanup: list) -> str:
+                       cleanup: list, fast_import: bool = True) -> str:
     """A migrated Label Studio: a copy of a template data dir (SQLite) or a database made from a
     template database (PostgreSQL); the templates are made on the first run."""
     if db == "sqlite":
@@ -130,6 +135,8 @@ def start_label_studio(db: str, work: Path, run_dir: Path, images: Path,
         psql(f"CREATE DATABASE {name} TEMPLATE {PG_TEMPLATE}")
         cleanup.append(lambda: psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", False))
         extra = pg_env(name)
+    if not fast_import:
+        extra[PREDICTIONS_IMPORT_FLAG] = "false"
     proc, url = run_label_studio(run_dir / "ls-data", images, run_dir / "ls.log", extra, 120)
     cleanup.append(proc.stop)
     return url
@@ -286,6 +293,7 @@ def submits(args, bench: Bench) -> None:
     labelled = set(t for t in bench.project.task_ids[: args.prelabel])
     rows = []
     for i in range(args.submits):
+        time.sleep(args.pause)
         row = bench.submit_and_wait(labelled)
         job, queue = row["job"], row["job"].get("queue") or {}
         rows.append(row)
@@ -296,9 +304,34 @@ def submits(args, bench: Bench) -> None:
     live = [r["live"] for r in rows]
     goal = 3.0 if args.tasks <= 5000 else 5.0
     print(f"\nsubmit -> new order live ({args.db}, {args.tasks} tasks, {args.prelabel} labels, "
-          f"{len(rows)} submits): median {statistics.median(live):.2f} s, "
+          f"{len(rows)} submits {args.pause:g} s after the last went live, QUEUE_HEAD "
+          f"{args.queue_head}): median {statistics.median(live):.2f} s, "
           f"p90 {percentile(live, 90):.2f} s, max {max(live):.2f} s; goal median <= {goal:.0f} s: "
           f"{'met' if statistics.median(live) <= goal else 'MISSED'}; {load()}")
+
+
+def profile(bench: Bench, env: dict[str, str], redis_url: str) -> None:
+    """One retrain in this process (after one that fills the kept task listing), under
+    cProfile: the functions that took longest, by cumulative time."""
+    import cProfile
+    import pstats
+
+    import redis
+
+    os.environ.update(env)
+    from ml_backend.runtime import Runtime
+    from ml_backend.settings import Settings
+    from ml_backend.steps import StepContext, retrain
+
+    bench.retrain_idle()
+    rt = Runtime(Settings())
+    ctx = StepContext(redis=redis.Redis.from_url(redis_url))
+    retrain(rt, bench.pid, ctx)
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.runcall(retrain, rt, bench.pid, ctx)
+    print(f"\na retrain in-process: {time.perf_counter() - t0:.2f} s; {load()}")
+    pstats.Stats(prof).sort_stats("cumulative").print_stats(35)
 
 
 def continuous(args, bench: Bench, model_dir: Path) -> None:
@@ -391,6 +424,8 @@ def main() -> int:
     ap.add_argument("--tasks", type=int, default=5000)
     ap.add_argument("--prelabel", type=int, default=4000)
     ap.add_argument("--submits", type=int, default=7)
+    ap.add_argument("--pause", type=float, default=0.0,
+                    help="seconds between a new order going live and the next submit (submits)")
     ap.add_argument("--annotators", type=int, default=3)
     ap.add_argument("--every", type=float, default=3.0, help="seconds between an annotator's "
                     "submits")
@@ -398,6 +433,10 @@ def main() -> int:
     ap.add_argument("--old-versions", type=int, default=3)
     ap.add_argument("--baseline", type=float, default=30.0,
                     help="seconds of submits before anything is deleted (pruning)")
+    ap.add_argument("--profile", action="store_true",
+                    help="after the submits, profile one retrain in this process (cProfile)")
+    ap.add_argument("--slow-import", action="store_true",
+                    help=f"Label Studio without {PREDICTIONS_IMPORT_FLAG}")
     ap.add_argument("--queue-head", type=int, default=500)
     ap.add_argument("--keep-versions", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=ROOT / "data" / "bench-scale")
@@ -415,7 +454,8 @@ def main() -> int:
         log(f"{args.scenario} on {args.db}: {args.tasks} tasks, {args.prelabel} labelled; {load()}")
         redis_proc, redis_url = start_redis(run_dir)
         cleanup.append(redis_proc.stop)
-        ls_url = start_label_studio(args.db, work, run_dir, images, cleanup)
+        ls_url = start_label_studio(args.db, work, run_dir, images, cleanup,
+                                    fast_import=not args.slow_import)
         api = LSApi(ls_url, ADMIN_TOKEN, timeout=600)
         t0 = time.monotonic()
         project = import_project(api, images, args.tasks, args.prelabel)
@@ -431,15 +471,17 @@ def main() -> int:
         took = first_version(bench, args.prelabel, 3600)
         log(f"first version (every task listed, {args.prelabel} labels read) live after "
             f"{took:.1f}s; {load()}")
+        from tests.integration.backend import backend_env
+
+        env = backend_env(ls_url, ADMIN_TOKEN, redis_url, backend.model_dir)
         if args.scenario == "submits":
             submits(args, bench)
+            if args.profile:
+                profile(bench, env, redis_url)
         elif args.scenario == "continuous":
             continuous(args, bench, backend.model_dir)
         else:
-            from tests.integration.backend import backend_env
-
-            pruning(args, bench, backend_env(ls_url, ADMIN_TOKEN, redis_url,
-                                             backend.model_dir))
+            pruning(args, bench, env)
         done = True
     finally:
         for fn in reversed(cleanup):
