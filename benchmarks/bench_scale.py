@@ -55,15 +55,13 @@ from tests.integration.labelstudio import (  # noqa: E402
     choice_result, sign_up)
 from tests.integration.loop import connect_backend  # noqa: E402
 from tests.integration.procs import ManagedProcess, free_port, health_is_up, wait_until  # noqa
-from tools.processes import label_studio_env  # noqa: E402
+# Label Studio 1.23's prediction import recounts every task of the project after each import
+# unless this flag of its own is on (label_studio_env sets it); with it, only the tasks given one.
+from tools.processes import PREDICTIONS_IMPORT_FLAG, label_studio_env  # noqa: E402
 
 PER_CLASS_IMAGES = 4
 IMPORT_CHUNK = 5000
 PG_TEMPLATE = "bench_scale_template"
-# Label Studio 1.23's prediction import recounts every task of the project after each import
-# (seconds at 5,000 tasks, a minute at 100,000) unless this flag of its own is on; with it, only
-# the tasks given a prediction.
-PREDICTIONS_IMPORT_FLAG = "fflag_fix_back_4620_memory_efficient_predictions_import_08012025_short"
 
 
 def load() -> str:
@@ -96,7 +94,6 @@ def pg_env(name: str) -> dict[str, str]:
 def run_label_studio(data_dir: Path, images: Path, log_path: Path, extra: dict[str, str],
                      timeout: float) -> tuple[ManagedProcess, str]:
     env = label_studio_env(data_dir, images) | extra
-    env.setdefault(PREDICTIONS_IMPORT_FLAG, "true")
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     proc = ManagedProcess("label-studio", [
