@@ -74,12 +74,12 @@ def plan_order(
             best = None
             if model is not None:
                 mean = probs.mean(axis=2) if probs.ndim == 3 else probs
-                best = best_allowed(mean[ranking.indices], model.classes, config.classes)
+                best = best_allowed(mean[ranking.indices], model.classes, config.classes).tolist()
+            # One result per class, shared by its predictions (100,000 of them at scale).
+            results = {i: config.result(c) for i, c in enumerate(model.classes)} if model else {}
             for row, (idx, score) in enumerate(zip(ranking.indices.tolist(),
                                                    ranking.scores.tolist())):
-                result = []
-                if best is not None and best[row] >= 0:
-                    result = config.result(model.classes[best[row]])
+                result = results.get(best[row], []) if best is not None else []
                 predictions.append({"task": ids[idx], "result": result,
                                     "score": float(score), "model_version": version})
     for task in pool.unlabeled:
