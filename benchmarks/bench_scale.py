@@ -334,6 +334,7 @@ def profile(bench: Bench, env: dict[str, str], redis_url: str) -> None:
 def continuous(args, bench: Bench, model_dir: Path) -> None:
     team = Annotators(people(bench.api, args.annotators), bench.project, args.every)
     sampler = Sampler(bench.api, bench.pid, model_dir)
+    first = len(sampler.store.names())
     team.start()
     end = time.monotonic() + args.minutes * 60
     while time.monotonic() < end:
@@ -358,7 +359,7 @@ def continuous(args, bench: Bench, model_dir: Path) -> None:
           f"{'never' if max(behind, default=0) <= 1 else 'YES'}")
     print(f"  predictions of ours in Label Studio, most at once: {sampler.most[0]} "
           f"{sampler.most[1]}; bound (KEEP_VERSIONS + 1) x QUEUE_HEAD = {bound} + on demand")
-    print(f"  {load()}")
+    print(f"  versions trained during the run: {len(sampler.store.names()) - first}; {load()}")
 
 
 def _count(values: list[int]) -> dict[int, int]:
