@@ -22,6 +22,10 @@ default enough that no deletion runs during the measured submits. Goals:
 
 The migrated Label Studio template, the images and the embedding cache are kept under
 `--workdir` (default `data/bench-loop`), so only the first run migrates and embeds.
+
+Projects of 5,000 and 100,000 tasks with thousands of labels, PostgreSQL, continuous labelling by
+three annotators and submits while old versions are deleted: `bench_scale.py`, which reuses this
+harness with projects imported with their labels and cached embeddings.
 """
 
 from __future__ import annotations
