@@ -22,6 +22,10 @@ default enough that no deletion runs during the measured submits. Goals:
 
 The migrated Label Studio template, the images and the embedding cache are kept under
 `--workdir` (default `data/bench-loop`), so only the first run migrates and embeds.
+
+Projects of 5,000 and 100,000 tasks with thousands of labels, PostgreSQL, continuous labelling by
+three annotators and submits while old versions are deleted: `bench_scale.py`, which reuses this
+harness with projects imported with their labels and cached embeddings.
 """
 
 from __future__ import annotations
@@ -69,6 +73,12 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, int(-(-q * len(ordered) // 100)))
     return ordered[min(rank, len(ordered)) - 1]
+
+
+def same(job_version: str | None, label_studio_name: str) -> bool:
+    """Whether a job's version (`v3`) is the one Label Studio serves (`al-v3`)."""
+    return job_version is not None and label_studio_name.endswith(job_version) and (
+        label_studio_name == job_version or label_studio_name[-len(job_version) - 1] == "-")
 
 
 def start_redis(run_dir: Path) -> tuple[ManagedProcess, str]:
@@ -160,7 +170,7 @@ class Bench:
             failed = [j for j in status["jobs"] if j.get("status") == "failed"]
             if failed:
                 raise AssertionError(f"job failed: {failed}\n{self.backend.logs(60)}")
-            return status if any(j.get("version") == version for j in status["jobs"]) else None
+            return status if any(same(j.get("version"), version) for j in status["jobs"]) else None
 
         return wait_until(check, LIVE_TIMEOUT, 0.2, f"the job of {version} in the history")
 
@@ -180,7 +190,7 @@ class Bench:
         live = time.perf_counter() - t0
         status = self.recorded(version)  # not idle: old versions may still be being deleted
         since = [j for j in status["jobs"] if j.get("started_at", 0) >= wall - 1]
-        job = next((j for j in since if j.get("version") == version), None)
+        job = next((j for j in since if same(j.get("version"), version)), None)
         if job is None:  # e.g. it went live, then failed and is waiting for a retry
             raise AssertionError(f"no finished job made {version} live: {since}\n"
                                  f"{self.backend.logs(40)}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 
 from ml_backend.label_config import LabelConfig
 from ml_backend.settings import Settings
+from model.versions import writer_id
 
 # Score of a task the order does not hold (imported after it, or its image failed): served last.
 LAST = 1.0
@@ -73,8 +73,7 @@ def save(settings: Settings, project: int, version: str, predictions: list[dict]
     path.parent.mkdir(parents=True, exist_ok=True)
     labels = [json.dumps({r["from_name"]: r["value"]["choices"] for r in p["result"]},
                          separators=(",", ":")) for p in predictions]
-    # Host and pid: several machines may share the model dir.
-    tmp = path.with_name(f".{path.stem}.{socket.gethostname()}-{os.getpid()}.npz")
+    tmp = path.with_name(f".{path.stem}.{writer_id()}.npz")  # MODEL_DIR may be shared
     np.savez(tmp, tasks=np.array([p["task"] for p in predictions], dtype=np.int64),
              scores=np.array([p["score"] for p in predictions], dtype=np.float64),
              labels=np.array(labels, dtype=str))

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ml_backend.settings import Settings
-from model.versions import UNTRAINED, ModelVersion, VersionStore
+from model.versions import UNTRAINED, ModelVersion, VersionStore, writer_id
 
 PREFIX_KEY = "label_studio_prefix"  # in a version's meta: the prefix its Label Studio name has
 RECORD = "label-studio-versions.json"
@@ -83,7 +83,7 @@ class Record:
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{RECORD}.{os.getpid()}")
+        tmp = self.path.with_name(f".{RECORD}.{writer_id()}")  # MODEL_DIR may be shared
         tmp.write_text(json.dumps({"versions": self.names}))
         os.replace(tmp, self.path)
 

@@ -18,18 +18,27 @@ from ml_backend.runtime import Runtime
 log = logging.getLogger(__name__)
 
 
+# Stale versions make_room leaves for the pruning slices after a switch (so that a retrain in a
+# quiet project never waits for a deletion); beyond it, the push waits.
+ROOM_SLACK = 1
+
+
 def stale_versions(rt: Runtime, project: int, current: str, stored: dict[str, int], *,
-                   live: str | None = None) -> list[str]:
-    """Label Studio versions of ours beyond the newest `KEEP_VERSIONS`, oldest first. Never
-    `current` (the serving pointer), nor `live` (what Label Studio serves: the same, unless a
-    switch failed), nor those pushed after them: a retrain that failed before its switch left
-    them, and its retry publishes them."""
-    keep = rt.settings.keep_versions
+                   live: str | None = None, new: str | None = None) -> list[str]:
+    """Our versions stored in Label Studio beyond the newest `KEEP_VERSIONS`, oldest first;
+    never `current` (the serving pointer), `live` (what Label Studio serves: the same, unless
+    a switch failed) or `new` (about to be pushed, counted as the newest).
+
+    Versions pushed after the serving one by retrains that failed before their switch count
+    among the newest like any other: each failed retrain would otherwise leave a whole head
+    behind. Losing one costs nothing lasting: a retry publishes its version in full again
+    (`replace`). So whatever the faults, Label Studio holds at most KEEP_VERSIONS of ours plus
+    the serving and the live one once the stale ones are deleted."""
     names = ownership.record(rt.settings, rt.versions(project)).names
-    kept = {current, live} - {None}
-    first = min((names.index(v) for v in kept if v in names), default=len(names))
-    ours = [v for v in names[:first] if v in stored and v not in kept]
-    return ours[: max(0, len(ours) - (keep - len(kept)))]
+    ours = [v for v in names if v in stored and v != new] + ([new] if new else [])
+    newest = set(ours[-rt.settings.keep_versions:])
+    kept = {current, live, new} | newest
+    return [v for v in ours if v not in kept]
 
 
 def forget(rt: Runtime, project: int, versions: list[str]) -> None:
@@ -39,15 +48,18 @@ def forget(rt: Runtime, project: int, versions: list[str]) -> None:
         orders.remove(rt.settings, project, versions)
 
 
-def make_room(rt: Runtime, project: int, new: str) -> list[str]:
-    """Before `new` is pushed: delete in full the oldest stale versions beyond KEEP_VERSIONS
-    still waiting, so that old versions never pile up.
+def make_room(rt: Runtime, project: int, new: str, *, live: str | None = None) -> list[str]:
+    """Before `new` is pushed: delete in full the oldest stale versions (`stale_versions`, the
+    serving and the `live` one kept) beyond ROOM_SLACK, so that versions never pile up: after
+    the push Label Studio holds at most KEEP_VERSIONS + ROOM_SLACK + 2 of ours, however many
+    retrains failed or pruning slices gave way to retrains before.
 
     Label Studio deletes about 11 predictions a second without blocking annotators (5,000-task
-    project, 2 cores); a project that large retraining after every annotation makes them faster
-    than that. Then the new order waits for the deletion instead (the old order stays live)."""
-    stale = stale_versions(rt, project, new, rt.labelstudio.model_versions(project))
-    backlog = stale[: max(0, len(stale) - rt.settings.keep_versions)]
+    project, 2 cores); a project retraining faster than its old heads are deleted then waits
+    for the deletion here instead (the old order stays live)."""
+    stale = stale_versions(rt, project, rt.serving_version(project),
+                           rt.labelstudio.model_versions(project), live=live, new=new)
+    backlog = stale[: max(0, len(stale) - ROOM_SLACK)]
     for version in backlog:
         log.info("project %s: deleting %s before pushing %s (old versions pile up)",
                  project, version, new)

@@ -118,27 +118,30 @@ class ProjectQueue:
     def set_finetuned_at(self, n_labels: int) -> None:
         self.redis.set(self.finetuned_at_key, n_labels)
 
-    def set_head(self, version: str, pushed: int, left: int) -> None:
+    def set_head(self, version: str, pushed: int, left: int, *, complete: bool = False) -> None:
         self.redis.hset(self.head_key, mapping={"version": version, "pushed": pushed,
-                                                "left": left})
+                                                "left": left, "complete": int(complete)})
 
-    def clear_head(self) -> None:
-        """The whole order is in Label Studio: nothing to top up."""
-        self.redis.delete(self.head_key)
+    def head_complete(self, version: str) -> None:
+        """The whole order of `version` is in Label Studio (or it has none): nothing to top up.
+        Kept as a record, unlike a head lost with Redis's data, which a top-up rebuilds."""
+        self.set_head(version, 0, 0, complete=True)
 
     def head(self) -> dict | None:
-        """{"version", "pushed", "left"} of the published head; None when not known (Redis
-        was emptied: the next retrain sets it)."""
+        """{"version", "pushed", "left", "complete"} of the published head; None when not known
+        (Redis was emptied, or nothing was published yet: a top-up rebuilds it)."""
         raw = self.redis.hgetall(self.head_key)
         if not raw:
             return None
         got = {k.decode(): v.decode() for k, v in raw.items()}
         return {"version": got.get("version", ""), "pushed": int(got.get("pushed", 0)),
-                "left": int(got.get("left", 0))}
+                "left": int(got.get("left", 0)), "complete": got.get("complete") == "1"}
 
     def take_from_head(self) -> int | None:
-        """An annotation took a task: the head's tasks left, about; None without a head."""
-        if not self.redis.exists(self.head_key):
+        """An annotation took a task of the head: its tasks left, about; None when the whole
+        order is in Label Studio or the head is not known."""
+        head = self.head()
+        if head is None or head["complete"]:
             return None
         return int(self.redis.hincrby(self.head_key, "left", -1))
 

@@ -204,7 +204,8 @@ def maybe_finetune(rt: Runtime, project: int, ctx: StepContext, n_labels: int) -
 def publish_order(rt: Runtime, project: int, pool: Pool, config: LabelConfig,
                   name: str, ctx: StepContext = StepContext(), *, replace: bool = False) -> dict:
     """Make room (old versions beyond KEEP_VERSIONS), then push version `name`'s order."""
-    made_room = make_room(rt, project, ownership.name_of(name, rt.versions(project).meta(name)))
+    made_room = make_room(rt, project, ownership.name_of(name, rt.versions(project).meta(name)),
+                          live=publish.live_version(rt, project))
     queue = push_order(rt, project, pool, config, rt.versions(project).load(name), ctx,
                        replace=replace)
     queue["made_room"] = made_room
@@ -245,7 +246,7 @@ def push_order(rt: Runtime, project: int, pool: Pool, config: LabelConfig,
             if pushed < len(plan.tasks):
                 head.set_head(plan.version, pushed, pushed)
             else:
-                head.clear_head()
+                head.head_complete(plan.version)
         noted |= {"version": plan.version, "predictions": pushed, "ranked": len(plan.tasks),
                   "strategy": plan.strategy}
     return {"pushed": pushed, "ranked": len(plan.tasks), "strategy": plan.strategy,
@@ -290,11 +291,23 @@ def prune(rt: Runtime, project: int, ctx: StepContext = StepContext()) -> dict:
 def topup(rt: Runtime, project: int, ctx: StepContext = StepContext()) -> dict:
     """Push the next slice of the serving version's order when annotators worked through most
     of its head before a retrain landed (once the head is labelled, Label Studio's stream turns
-    random): as many as fill the head to QUEUE_HEAD again. Costs one import, no ranking."""
+    random): as many as fill the head to QUEUE_HEAD again. Costs one import, no ranking.
+
+    The head's record lives in Redis; when it is lost (Redis restarted without its data) or
+    names another version (one served from the command line), it is rebuilt first: see
+    `recover_head`."""
+    if ctx.redis is None:
+        return {"pushed": 0, "version": rt.serving_version(project)}
+    state = ProjectQueue(ctx.redis, project)
     version = rt.serving_version(project)
     order = orders.load(rt.settings, project, version)
-    head = ProjectQueue(ctx.redis, project).head() if ctx.redis is not None else None
-    if order is None or head is None or head["version"] != version:
+    head = state.head()
+    if order is None:
+        state.head_complete(version)  # no stored order (an older release pushed every task)
+        return {"pushed": 0, "version": version}
+    if head is None or head["version"] != version:
+        head = recover_head(rt, project, ctx, version, order)
+    if head["complete"]:
         return {"pushed": 0, "version": version}
     left = max(0, head["left"])
     start = head["pushed"]
@@ -305,12 +318,31 @@ def topup(rt: Runtime, project: int, ctx: StepContext = StepContext()) -> dict:
         pushed = publish.push(rt, project, version,
                               order.predictions(start, stop, version, config))
     if stop < len(order):
-        ProjectQueue(ctx.redis, project).set_head(version, stop, left + pushed)
+        state.set_head(version, stop, left + pushed)
     else:  # the whole order is in Label Studio now
-        ProjectQueue(ctx.redis, project).clear_head()
+        state.head_complete(version)
     log.info("project %s: topped up %s with %d predictions (places %d-%d)", project, version,
              pushed, start, stop)
     return {"pushed": pushed, "version": version}
+
+
+def recover_head(rt: Runtime, project: int, ctx: StepContext, version: str,
+                 order: orders.StoredOrder) -> dict:
+    """The head of `version`'s stored order as Label Studio holds it, when Redis lost its
+    record: as many places as Label Studio holds predictions of the version (a head, top-ups
+    and the few predicted on demand: a top-up may skip that many places, which are then served
+    when Label Studio asks `/predict`), and those of its tasks still unlabelled."""
+    stored = rt.labelstudio.model_versions(project).get(version, 0)
+    pushed = min(stored, len(order))
+    _, pool = read_pool(rt, project, ctx)
+    unlabelled = set(pool.unlabeled)
+    left = sum(t in unlabelled for t in order.tasks[:pushed].tolist())
+    log.warning("project %s: the record of %s's head was lost (Redis emptied?); rebuilt from "
+                "Label Studio: %d places pushed, %d of them unlabelled", project, version,
+                pushed, left)
+    complete = pushed >= len(order)
+    ProjectQueue(ctx.redis, project).set_head(version, pushed, left, complete=complete)
+    return {"version": version, "pushed": pushed, "left": left, "complete": complete}
 
 
 def prioritize(rt: Runtime, project: int, ctx: StepContext = StepContext()) -> dict:

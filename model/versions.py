@@ -155,7 +155,7 @@ class VersionStore:
              tasks: dict[str, list[int]] | None = None) -> str:
         """Write a new version atomically and return its name (never overwrites one)."""
         self.versions_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{_writer()}-", dir=self.root))
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{writer_id()}-", dir=self.root))
         try:
             torch.save(head.state_dict(), tmp / "head.pt")
             if tasks is not None:
@@ -182,7 +182,7 @@ class VersionStore:
 
     def promote(self, name: str) -> None:
         self._check(name)
-        tmp = self.root / f".serving-{_writer()}"
+        tmp = self.root / f".serving-{writer_id()}"
         tmp.write_text(name)
         os.replace(tmp, self.root / "serving")
 
@@ -190,12 +190,12 @@ class VersionStore:
         """Record a decision about a version (its weights stay immutable)."""
         path = self.versions_dir / name / "meta.json"
         meta = json.loads(path.read_text()) | fields
-        tmp = path.with_suffix(f".tmp-{_writer()}")
+        tmp = path.with_suffix(f".tmp-{writer_id()}")
         tmp.write_text(json.dumps(meta, indent=2))
         os.replace(tmp, path)
 
 
-def _writer() -> str:
+def writer_id() -> str:
     """A name for this process's temporary files, unique across the machines sharing the folder."""
     return f"{socket.gethostname()}-{os.getpid()}"
 

@@ -131,6 +131,9 @@ def start_redis(procs: Processes, data: Path) -> str:
             time.sleep(0.1)
 
 
+PREDICTIONS_IMPORT_FLAG = "fflag_fix_back_4620_memory_efficient_predictions_import_08012025_short"
+
+
 def label_studio_env(data_dir: Path, document_root: Path) -> dict[str, str]:
     """The environment a headless Label Studio needs to serve local files and call us."""
     env = {k: v for k, v in os.environ.items()
@@ -146,4 +149,7 @@ def label_studio_env(data_dir: Path, document_root: Path) -> dict[str, str]:
         LABEL_STUDIO_SSRF_PROTECTION_ENABLED="false",
         PYTHONUNBUFFERED="1",
     )
+    # Label Studio's own flag: a prediction import recounts only the tasks it gave a prediction,
+    # not every task of the project (3 s per import at 5,000 tasks without it).
+    env[PREDICTIONS_IMPORT_FLAG] = "true"
     return env

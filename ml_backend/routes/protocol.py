@@ -143,7 +143,7 @@ def webhook(event: WebhookEvent, settings: SettingsDep, rt: RuntimeDep, redis: R
         else:
             outcome = enqueue_retrain(redis, settings, project, event.action)
             if event.action == "ANNOTATION_CREATED":
-                topup_when_low(redis, settings, project)
+                topup_when_low(redis, settings, rt, project)
     except RedisError as exc:
         metrics.webhooks.labels("redis_down").inc()
         remember(rt, project)  # reconciliation retrains it once Redis is back
@@ -157,10 +157,18 @@ def webhook(event: WebhookEvent, settings: SettingsDep, rt: RuntimeDep, redis: R
     return JSONResponse(outcome)
 
 
-def topup_when_low(redis: RedisDep, settings: SettingsDep, project: int) -> None:
+def topup_when_low(redis: RedisDep, settings: SettingsDep, rt: RuntimeDep, project: int) -> None:
     """An annotation took a task of the head; below half of QUEUE_HEAD left, queue a top-up so
-    the label stream keeps following the order until the next retrain lands."""
-    left = ProjectQueue(redis, project).take_from_head()
+    the label stream keeps following the order until the next retrain lands. The head of a
+    serving version not known (Redis restarted without its data) is rebuilt by a top-up too."""
+    queue = ProjectQueue(redis, project)
+    if queue.head() is None:
+        if rt.versions(project).serving() is None:
+            return  # no model yet: nothing was ranked
+
+        enqueue(redis, settings, "topup", project, "the head of the order is not known")
+        return
+    left = queue.take_from_head()
     if left is not None and left <= settings.queue_head // 2:
         enqueue(redis, settings, "topup", project, f"{max(left, 0)} tasks left in the head")
 

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
 
-from ml_backend import reconcile
+from ml_backend import orders, reconcile
 from ml_backend.ownership import ForeignVersion, record_path
 from ml_backend.queue_state import ProjectQueue
 from ml_backend.server import create_app
@@ -115,6 +115,28 @@ def test_a_head_running_low_is_topped_up_from_the_stored_order(runtime, fake_ls,
     assert new["score"] >= max(p["score"] for p in of(fake_ls, "al-v1")[:2]) and new["result"]
 
 
+def test_top_ups_go_on_after_redis_lost_the_record_of_the_head(runtime, fake_ls, redis_url):
+    """Redis restarted without its data forgets how far the order was pushed: the next
+    annotation still leads to a top-up, which rebuilds the record from Label Studio and pushes
+    the next places of the order, not those already there."""
+    redis = Redis.from_url(redis_url)
+    runtime.settings.queue_head = 2
+    ctx = StepContext(redis=redis)
+    retrain(runtime, 1, ctx)
+    stored = orders.load(runtime.settings, 1, "al-v1")
+    redis.flushdb()
+    taken = next(t for t in fake_ls.task_list if t["id"] == int(stored.tasks[0]))
+    taken["annotations"] = [fake_ls.annotation(taken["truth"], taken["id"])]
+    client = TestClient(create_app(runtime.settings, runtime))
+    event = {"action": "ANNOTATION_CREATED", "project": 1, "annotation": {"id": 1}}
+    assert client.post("/webhook", json=event).status_code == 200
+    assert ProjectQueue(redis, 1).is_pending("topup")
+    assert topup(runtime, 1, ctx) == {"pushed": 1, "version": "al-v1"}
+    assert [p["task"] for p in of(fake_ls, "al-v1")] == stored.tasks[:3].tolist()
+    assert ProjectQueue(redis, 1).head() == {"version": "al-v1", "pushed": 3, "left": 2,
+                                             "complete": False}
+
+
 FAULTS = {
     # step -> (fake Label Studio method, fails before or after doing its work)
     "after save": ("import_predictions", "before"),
@@ -165,3 +187,61 @@ def test_a_retrain_failing_at_any_step_is_published_by_its_retry(step, runtime, 
     unlabelled = {t["id"] for t in fake_ls.task_list if not t["annotations"]}
     assert sorted(p["task"] for p in of(fake_ls, "al-v2")) == sorted(unlabelled)
     assert "unpublished" not in reconcile.check(runtime, 1, ctx)
+
+
+def ours_in_label_studio(fake_ls) -> dict[str, int]:
+    return {v: n for v, n in fake_ls.model_versions(1).items() if v.startswith("al-")}
+
+
+def label_one(fake_ls) -> None:
+    task = next(t for t in fake_ls.task_list if not t["annotations"])
+    task["annotations"] = [fake_ls.annotation(task["truth"], task["id"])]
+
+
+def test_retrains_failing_back_to_back_after_their_push_never_pile_up_versions(settings,
+                                                                             redis_url):
+    """Label Studio fails every push half way and no pruning slice ever gets to run (a retrain
+    is always waiting): the versions those retrains left stay bounded, the order Label Studio
+    serves keeps its predictions, a user's are untouched, and the retry serves the newest."""
+    from ml_backend.runtime import Runtime
+    from tests.unit.fakes import FakeLabelStudio
+
+    fake_ls = FakeLabelStudio(n_per_class=8, labelled_per_class=4)
+    rt = Runtime(settings, labelstudio=fake_ls)
+    rt.settings.keep_versions, rt.settings.queue_head = 1, 4
+    busy = StepContext(redis=Redis.from_url(redis_url), should_stop=lambda: True)
+    theirs = foreign(fake_ls, "al-imported-by-hand")
+    retrain(rt, 1, busy)
+    live = of(fake_ls, "al-v1")
+    real = fake_ls.import_predictions
+
+    def half(project, predictions, *args, **kwargs):
+        real(project, predictions[: len(predictions) // 2])
+        raise ConnectionError("Label Studio went away during the push")
+
+    for _ in range(6):
+        label_one(fake_ls)
+        fake_ls.import_predictions = half
+        with pytest.raises(ConnectionError):
+            retrain(rt, 1, busy)
+        assert fake_ls.sampling["model_version"] == "al-v1" and of(fake_ls, "al-v1") == live
+        assert len(ours_in_label_studio(fake_ls)) <= rt.settings.keep_versions + 3
+    fake_ls.import_predictions = real
+    retrain(rt, 1, busy, force=False)
+    assert fake_ls.sampling["model_version"] == "al-v7"
+    assert len(ours_in_label_studio(fake_ls)) <= rt.settings.keep_versions + 3
+    assert of(fake_ls, "al-imported-by-hand") == theirs
+
+
+def test_pruning_that_gives_way_to_every_retrain_still_bounds_the_versions(runtime, fake_ls,
+                                                                          redis_url):
+    """Annotators label faster than old heads are deleted: every pruning slice stops at once
+    for the waiting retrain. A retrain then deletes old versions before its push, so Label
+    Studio never holds more than one of ours beyond KEEP_VERSIONS."""
+    runtime.settings.keep_versions = 3
+    busy = StepContext(redis=Redis.from_url(redis_url), should_stop=lambda: True)
+    for n in range(1, 7):
+        retrain(runtime, 1, busy)
+        label_one(fake_ls)
+        assert fake_ls.sampling["model_version"] == f"al-v{n}"
+        assert len(ours_in_label_studio(fake_ls)) <= min(n, runtime.settings.keep_versions + 1)

@@ -56,6 +56,31 @@ def test_workers_saving_at_once_each_get_a_version_of_their_own(tmp_path):
     assert [p.name for p in store.root.iterdir() if p.name.startswith(".")] == []  # no leftovers
 
 
+@pytest.mark.parametrize("write", ["order", "record"])
+def test_machines_with_the_same_pid_write_apart_in_a_shared_model_dir(write, settings,
+                                                                      monkeypatch):
+    """Process ids repeat across machines (a container's worker is often pid 1): the temporary
+    file an order or the ownership record is written to before its rename is named by host too,
+    so two machines never write into the same one."""
+    import os
+    import socket
+
+    from ml_backend import orders, ownership
+
+    monkeypatch.setattr(os, "getpid", lambda: 1)
+    renamed: list[str] = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: renamed.append(str(src)) or
+                        real_replace(src, dst))
+    for host in ("machine-a", "machine-b"):
+        monkeypatch.setattr(socket, "gethostname", lambda host=host: host)
+        if write == "order":
+            orders.save(settings, 1, "al-v1", [{"task": 1, "score": 0.1, "result": []}])
+        else:
+            ownership.record(settings, VersionStore(settings.model_dir, 1)).add("al-v1")
+    assert len(renamed) == 2 and renamed[0] != renamed[1]
+
+
 def test_two_workers_with_their_own_caches_and_a_server_agree(settings, fake_ls, tmp_path):
     def machine(name: str) -> Runtime:
         own = settings.model_copy(update={"embedding_cache_dir": tmp_path / name})
