@@ -137,7 +137,7 @@ class Bench:
             return None
         stored = self.api.get(f"/api/projects/{self.pid}/model-versions/")
         # The head of the order (QUEUE_HEAD) is what a retrain stores.
-        head = min(unlabelled, int(os.environ.get("QUEUE_HEAD", "500")))
+        head = min(unlabelled, int(os.environ.get("QUEUE_HEAD", "50")))
         return version if stored.get(version) == head else None
 
     def idle(self) -> dict:

@@ -440,7 +440,7 @@ def main() -> int:
                     help="after the submits, profile one retrain in this process (cProfile)")
     ap.add_argument("--slow-import", action="store_true",
                     help=f"Label Studio without {PREDICTIONS_IMPORT_FLAG}")
-    ap.add_argument("--queue-head", type=int, default=500)
+    ap.add_argument("--queue-head", type=int, default=50)
     ap.add_argument("--keep-versions", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=ROOT / "data" / "bench-scale")
     args = ap.parse_args()

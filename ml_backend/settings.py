@@ -109,7 +109,7 @@ class Settings(BaseSettings):
     )
     keep_versions: int = Field(3, ge=1, description="Prediction versions kept in Label Studio.")
     queue_head: int = Field(
-        500, ge=1, description="Unlabelled tasks, first in the order, whose predictions a retrain "
+        50, ge=1, description="Unlabelled tasks, first in the order, whose predictions a retrain "
         "stores in Label Studio; the rest are ranked too and predicted on demand (README: sizing).",
     )
     version_prefix: str = Field(
