@@ -7,23 +7,8 @@ reproduces the backbone's resize and centre crop exactly (tests run it).
 
 from __future__ import annotations
 
-HEAD = """# {title}
-
-A self-contained image classifier exported by the active-learning backend
-(project {project}, version {version}, backbone {backbone}).
-
-Input: a float32 tensor `[n, 3, {crop}, {crop}]` of preprocessed RGB images (below); output:
-`[n, {n_classes}]` class probabilities (each row sums to 1), columns in the order of
-`labels.json`. This is what the backend's `/predict` serves{ensemble_note}.
-
-Files:
-
-{files}
-- `labels.json`: class names, in output order.
-- `model.json`: the same description, machine-readable (classes, version, preprocessing).
-- `metrics.json`: how this version did on its held-out tasks when it was trained.
-
-## Preprocessing
+# Shared by the README of one question and of several.
+PREPROCESSING = """## Preprocessing
 
 Exactly what the `{backbone}` weights were trained with:
 
@@ -34,14 +19,7 @@ Exactly what the `{backbone}` weights were trained with:
 5. normalise each channel: subtract mean {mean}, divide by std {std}.
 """
 
-FILES = {
-    "onnx": "- `model.onnx`: ONNX (opset {opset}), input `image`, output `probabilities`; any "
-            "batch size.",
-    "torchscript": "- `model.pt`: TorchScript module (backbone + head + softmax). TorchScript is "
-                   "deprecated in recent torch releases; prefer `model.onnx` for new pipelines.",
-}
-
-ONNX = """
+ONNX_PREPROCESS = """
 ## Loading the ONNX model (onnxruntime, numpy and Pillow only)
 
 ```python
@@ -64,7 +42,56 @@ def preprocess(path):
     img = img.crop((left, top, left + CROP, top + CROP))
     x = (np.asarray(img, dtype=np.float32) / 255.0 - MEAN) / STD
     return x.transpose(2, 0, 1)[None]  # [1, 3, CROP, CROP]
+"""
 
+# `names`: what labels.json holds, `labels` or `questions`.
+TORCHSCRIPT_PREPROCESS = """
+## Loading the TorchScript model (torch)
+
+```python
+import json
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+model = torch.jit.load("model.pt").eval()
+{names} = json.load(open("labels.json"))
+preprocess = v2.Compose([
+    v2.ToImage(),
+    v2.Resize({resize}, interpolation=v2.InterpolationMode.{interp_enum}, antialias=True),
+    v2.CenterCrop({crop}),
+    v2.ToDtype(torch.float32, scale=True),
+    v2.Normalize(mean={mean}, std={std}),
+])
+x = preprocess(Image.open("photo.jpg").convert("RGB")).unsqueeze(0)
+"""
+
+HEAD = """# {title}
+
+A self-contained image classifier exported by the active-learning backend
+(project {project}, version {version}, backbone {backbone}).
+
+Input: a float32 tensor `[n, 3, {crop}, {crop}]` of preprocessed RGB images (below); output:
+`[n, {n_classes}]` class probabilities (each row sums to 1), columns in the order of
+`labels.json`. This is what the backend's `/predict` serves{ensemble_note}.
+
+Files:
+
+{files}
+- `labels.json`: class names, in output order.
+- `model.json`: the same description, machine-readable (classes, version, preprocessing).
+- `metrics.json`: how this version did on its held-out tasks when it was trained.
+
+""" + PREPROCESSING
+
+FILES = {
+    "onnx": "- `model.onnx`: ONNX (opset {opset}), input `image`, output `probabilities`; any "
+            "batch size.",
+    "torchscript": "- `model.pt`: TorchScript module (backbone + head + softmax). TorchScript is "
+                   "deprecated in recent torch releases; prefer `model.onnx` for new pipelines.",
+}
+
+ONNX = ONNX_PREPROCESS + """
 
 session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
 labels = json.load(open("labels.json"))
@@ -75,26 +102,7 @@ print(labels[int(probs.argmax())], float(probs.max()))
 Stack several preprocessed images along the first axis to classify them in one call.
 """
 
-TORCHSCRIPT = """
-## Loading the TorchScript model (torch)
-
-```python
-import json
-import torch
-from PIL import Image
-from torchvision.transforms import v2
-
-model = torch.jit.load("model.pt").eval()
-labels = json.load(open("labels.json"))
-preprocess = v2.Compose([
-    v2.ToImage(),
-    v2.Resize({resize}, interpolation=v2.InterpolationMode.{interp_enum}, antialias=True),
-    v2.CenterCrop({crop}),
-    v2.ToDtype(torch.float32, scale=True),
-    v2.Normalize(mean={mean}, std={std}),
-])
-x = preprocess(Image.open("photo.jpg").convert("RGB")).unsqueeze(0)
-with torch.no_grad():
+TORCHSCRIPT = TORCHSCRIPT_PREPROCESS + """with torch.no_grad():
     probs = model(x)[0]
 print(labels[int(probs.argmax())], float(probs.max()))
 ```
@@ -127,16 +135,7 @@ Files:
 - `model.json`: the same description, machine-readable (questions, version, preprocessing).
 - `metrics.json`: how this version did on its held-out tasks when it was trained, per question.
 
-## Preprocessing
-
-Exactly what the `{backbone}` weights were trained with:
-
-1. decode to RGB;
-2. resize so the shorter side is {resize} pixels ({interpolation} interpolation, antialiased);
-3. crop the central {crop} x {crop} square;
-4. scale to float32 in [0, 1] (divide by 255), channels first;
-5. normalise each channel: subtract mean {mean}, divide by std {std}.
-"""
+""" + PREPROCESSING
 
 FILES_QUESTIONS = {
     "onnx": "- `model.onnx`: ONNX (opset {opset}), input `image`, one output per question (named "
@@ -157,30 +156,7 @@ def answer(question, probs):
     return [question["classes"][int(probs.argmax())]]
 """
 
-ONNX_QUESTIONS = """
-## Loading the ONNX model (onnxruntime, numpy and Pillow only)
-
-```python
-import json
-import numpy as np
-import onnxruntime as ort
-from PIL import Image
-
-RESIZE, CROP = {resize}, {crop}
-MEAN = np.array({mean}, dtype=np.float32)
-STD = np.array({std}, dtype=np.float32)
-
-
-def preprocess(path):
-    img = Image.open(path).convert("RGB")
-    w, h = img.size
-    size = (RESIZE, int(RESIZE * h / w)) if w <= h else (int(RESIZE * w / h), RESIZE)
-    img = img.resize(size, Image.Resampling.{pil_enum})
-    left, top = round((img.width - CROP) / 2), round((img.height - CROP) / 2)
-    img = img.crop((left, top, left + CROP, top + CROP))
-    x = (np.asarray(img, dtype=np.float32) / 255.0 - MEAN) / STD
-    return x.transpose(2, 0, 1)[None]  # [1, 3, CROP, CROP]
-{answer}
+ONNX_QUESTIONS = ONNX_PREPROCESS + """{answer}
 
 session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
 questions = json.load(open("labels.json"))
@@ -192,26 +168,7 @@ for question, probs in zip(questions, outputs):
 Stack several preprocessed images along the first axis to classify them in one call.
 """
 
-TORCHSCRIPT_QUESTIONS = """
-## Loading the TorchScript model (torch)
-
-```python
-import json
-import torch
-from PIL import Image
-from torchvision.transforms import v2
-
-model = torch.jit.load("model.pt").eval()
-questions = json.load(open("labels.json"))
-preprocess = v2.Compose([
-    v2.ToImage(),
-    v2.Resize({resize}, interpolation=v2.InterpolationMode.{interp_enum}, antialias=True),
-    v2.CenterCrop({crop}),
-    v2.ToDtype(torch.float32, scale=True),
-    v2.Normalize(mean={mean}, std={std}),
-])
-x = preprocess(Image.open("photo.jpg").convert("RGB")).unsqueeze(0)
-with torch.no_grad():
+TORCHSCRIPT_QUESTIONS = TORCHSCRIPT_PREPROCESS + """with torch.no_grad():
     probs = model(x)  # question name -> [1, classes]
 {answer}
 for question in questions:
@@ -234,7 +191,7 @@ def readme(info: dict, formats: tuple[str, ...]) -> str:
         crop=p["center_crop"], resize=p["resize_shorter_side"],
         n_classes=len(info.get("classes") or []),
         interpolation=p["interpolation"], interp_enum=p["interpolation"].upper(),
-        pil_enum=p["interpolation"].upper(), mean=p["mean"], std=p["std"],
+        pil_enum=p["interpolation"].upper(), mean=p["mean"], std=p["std"], names="labels",
         opset=info.get("onnx_opset"),
         ensemble_note=(f": the mean of its {members} ensemble members' probabilities"
                        if members else ""),
@@ -258,7 +215,7 @@ def _readme_questions(info: dict, formats: tuple[str, ...], fields: dict) -> str
         f"({'multiple-choice' if q['multiple'] else 'single-choice'}: "
         f"{', '.join(q['classes'])})" for q in qs)
     fields = {**fields, "n_questions": len(qs), "outputs": outputs,
-              "answer": ANSWER}
+              "answer": ANSWER, "names": "questions"}
     files = "\n".join(FILES_QUESTIONS[f].format(**fields) for f in formats)
     text = HEAD_QUESTIONS.format(files=files, **fields)
     if "onnx" in formats:
