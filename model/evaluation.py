@@ -11,6 +11,7 @@ from sklearn.metrics import (
 )
 
 from model.classes import allowed_classes, best_allowed
+from model.questions import Question
 
 
 def evaluate(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
@@ -71,6 +72,15 @@ def evaluate_multilabel(truth: np.ndarray, pred: np.ndarray, classes: list[str])
             for i, c in enumerate(classes)
         },
     }
+
+
+def evaluate_question(question: Question, truth: np.ndarray, said: np.ndarray) -> dict:
+    """Metrics of one question from the true and the given answers as 0/1 matrices [n, C]
+    (`model.questions.indicators`; a row without a 1 in `said`: no answer)."""
+    if question.multiple:
+        return evaluate_multilabel(truth, said, list(question.classes))
+    return evaluate(truth.argmax(1), np.where(said.any(1), said.argmax(1), -1),
+                    list(question.classes))
 
 
 def combine(per_question: dict[str, dict]) -> dict:

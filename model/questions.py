@@ -70,6 +70,13 @@ def decide(probs: np.ndarray, question: Question, offered: Collection[str],
     return [tuple(classes[i] for i in allowed if row[i]) for row in chosen]
 
 
+def indicators(question: Question, chosen: Sequence[tuple[str, ...]]) -> np.ndarray:
+    """Answers as 0/1 over the question's classes [n, C] (one-hot for a single-choice answer, a
+    row of zeros for none): the form metrics and the promotion bootstrap read."""
+    return np.array([[c in a for c in question.classes] for a in chosen], dtype=bool).reshape(
+        len(chosen), len(question.classes))
+
+
 def best_thresholds(truth: np.ndarray, probs: np.ndarray) -> list[float]:
     """Per label, the threshold on `probs` [n, L] that maximises F1 against `truth` [n, L] (bool),
     from the held-out tasks; 0.5 for a label they never show (too little evidence to move it).

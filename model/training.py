@@ -9,7 +9,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from model.evaluation import combine, evaluate, evaluate_multilabel, predict_classes
+from model.evaluation import (
+    combine,
+    evaluate,
+    evaluate_multilabel,
+    evaluate_question,
+    predict_classes,
+)
 from model.head import (
     EPOCHS,
     WEIGHT_DECAY,
@@ -21,7 +27,7 @@ from model.head import (
     train_head,
 )
 from model.promotion import decide, worse_share, worse_share_questions
-from model.questions import Answers, Question, best_thresholds, matching
+from model.questions import Answers, Question, best_thresholds, indicators, matching
 from model.questions import decide as answer
 from model.versions import ModelVersion
 
@@ -292,17 +298,12 @@ def _fit_question(x: np.ndarray, y: np.ndarray, q: Question, c: TrainConfig) -> 
     return train_head(x, y, len(q.classes), **kw)[0]
 
 
-def _indicators(q: Question, chosen: list[tuple[str, ...]]) -> np.ndarray:
-    return np.array([[c in a for c in q.classes] for a in chosen], dtype=bool).reshape(
-        len(chosen), len(q.classes))
-
-
 def _measure(head, q: Question, thresholds, x: np.ndarray, y: np.ndarray) -> dict | None:
     if len(y) == 0:
         return None
     probs = predict_proba(head, x)
     if q.multiple:
-        return evaluate_multilabel(y.astype(bool), _indicators(q, answer(probs, q, q.classes,
+        return evaluate_multilabel(y.astype(bool), indicators(q, answer(probs, q, q.classes,
                                                                          thresholds)),
                                    list(q.classes))
     return evaluate(y, probs.argmax(1), list(q.classes))
@@ -326,12 +327,12 @@ def judge_questions(new: ModelVersion, x: np.ndarray, serving: ModelVersion,
     truth, new_said, old_said, answered, new_m, old_m = [], [], [], [], {}, {}
     for q in questions:
         mask = np.array([q.name in a for a in held], dtype=bool)
-        t = _indicators(q, [a.get(q.name, ()) for a in held])
+        t = indicators(q, [a.get(q.name, ()) for a in held])
         said = [_said(v, q, xx[rows]) for v, xx in ((new, x), (serving, serving_x))]
         truth.append(t), new_said.append(said[0]), old_said.append(said[1])
         answered.append(mask)
         if mask.any():
-            new_m[q.name], old_m[q.name] = (_metrics(q, t[mask], s[mask]) for s in said)
+            new_m[q.name], old_m[q.name] = (evaluate_question(q, t[mask], s[mask]) for s in said)
     p_worse = worse_share_questions(truth, new_said, old_said, answered,
                                     [q.name for q in questions], config.metric, seed=config.seed)
     return decide(config.metric, combine(new_m), combine(old_m), config.tolerance, n=n,
@@ -345,11 +346,5 @@ def _said(version: ModelVersion, q: Question, x: np.ndarray) -> np.ndarray:
     if mine is None or len(x) == 0:
         return np.zeros((len(x), len(q.classes)), dtype=bool)
     head = version.heads[version.questions.index(mine)]
-    return _indicators(q, answer(predict_proba(head, x), mine, q.classes,
+    return indicators(q, answer(predict_proba(head, x), mine, q.classes,
                                  version.thresholds(mine.name)))
-
-
-def _metrics(q: Question, truth: np.ndarray, said: np.ndarray) -> dict:
-    if q.multiple:
-        return evaluate_multilabel(truth, said, list(q.classes))
-    return evaluate(truth.argmax(1), np.where(said.any(1), said.argmax(1), -1), list(q.classes))

@@ -22,8 +22,8 @@ from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
 from ml_backend.simulation.loop import Replay, SimConfig, passes_for, split_sizes
-from model.evaluation import combine, evaluate, evaluate_multilabel
-from model.questions import Answers, Question
+from model.evaluation import combine, evaluate_question
+from model.questions import Answers, Question, indicators
 from model.training import train_questions
 from model.versions import ModelVersion
 from sampling import rank
@@ -62,17 +62,8 @@ def score(version: ModelVersion, x: np.ndarray, answers: list[Answers],
     per: dict[str, dict] = {}
     for q in questions:
         rows = [i for i, a in enumerate(answers) if q.name in a]
-        if q.multiple:
-            truth = np.array([[c in answers[i][q.name] for c in q.classes] for i in rows],
-                             dtype=bool).reshape(len(rows), len(q.classes))
-            pred = np.array([[c in said[i].get(q.name, ()) for c in q.classes] for i in rows],
-                            dtype=bool).reshape(len(rows), len(q.classes))
-            per[q.name] = evaluate_multilabel(truth, pred, list(q.classes))
-        else:
-            truth = np.array([q.classes.index(answers[i][q.name][0]) for i in rows], dtype=int)
-            pred = np.array([q.classes.index(said[i][q.name][0]) if q.name in said[i] else -1
-                             for i in rows], dtype=int)
-            per[q.name] = evaluate(truth, pred, list(q.classes))
+        per[q.name] = evaluate_question(q, indicators(q, [answers[i][q.name] for i in rows]),
+                                        indicators(q, [said[i].get(q.name, ()) for i in rows]))
     return combine(per)
 
 
