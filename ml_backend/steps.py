@@ -296,10 +296,10 @@ def topup(rt: Runtime, project: int, ctx: StepContext = StepContext()) -> dict:
     The head's record lives in Redis; when it is lost (Redis restarted without its data) or
     names another version (one served from the command line), it is rebuilt first: see
     `recover_head`."""
-    if ctx.redis is None:
-        return {"pushed": 0, "version": rt.serving_version(project)}
-    state = ProjectQueue(ctx.redis, project)
     version = rt.serving_version(project)
+    if ctx.redis is None:
+        return {"pushed": 0, "version": version}
+    state = ProjectQueue(ctx.redis, project)
     order = orders.load(rt.settings, project, version)
     head = state.head()
     if order is None:
