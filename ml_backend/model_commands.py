@@ -25,7 +25,6 @@ from model.export import (
     FORMATS,
     is_torchscript,
     read_labels,
-    several_questions,
     split_state_dict,
     split_torchscript,
     write_export,
@@ -80,7 +79,7 @@ def export(rt: Runtime, project: int, out: Path, name: str | None = None,
         os.rename(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if several_questions(model):
+    if model.several_questions:
         answers = {"questions": {q.name: list(q.classes) for q in model.questions}}
     else:
         answers = {"classes": model.classes}
@@ -176,7 +175,7 @@ def predict_folder(rt: Runtime, project: int, folder: Path, out: Path, name: str
             disable=None if progress is None else not progress,
         ) as bar:
             writer = csv.writer(fh)
-            several = several_questions(model)
+            several = model.several_questions
             writer.writerow(_question_header(model) if several
                             else ["path", "label", "score", *model.classes])
             rows: list[tuple[Path, np.ndarray]] = []

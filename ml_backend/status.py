@@ -21,6 +21,7 @@ from ml_backend.queue_state import ProjectQueue
 from ml_backend.queueing import job_owner
 from ml_backend.runtime import Runtime
 from ml_backend.settings import Settings
+from model.versions import per_question
 
 LABELS_MAX_AGE = 10.0  # seconds a count of Label Studio's labelled tasks is reused
 # project -> (monotonic time asked, count or None, error or None), per runtime.
@@ -131,13 +132,6 @@ def metrics_note(meta: dict) -> str | None:
     return "not evaluated: no labelled task was held out"
 
 
-def several_questions(meta: dict) -> bool:
-    """Whether a version answers several questions or a multiple-choice one: its metrics and
-    label counts are then per question (`model.evaluation.combine`)."""
-    questions = meta.get("questions") or []
-    return len(questions) > 1 or any(q.get("multiple") for q in questions)
-
-
 def version_entry(name: str, meta: dict, serving: str | None) -> dict:
     return {
         "version": name,
@@ -148,7 +142,7 @@ def version_entry(name: str, meta: dict, serving: str | None) -> dict:
         "label_counts": meta.get("label_counts"),  # per question for several questions
         "metrics": meta.get("metrics"),  # per question under "questions" for several
         "questions": meta.get("questions"),  # [{name, classes, multiple, thresholds}]
-        "several_questions": several_questions(meta),
+        "several_questions": per_question(meta),
         "metrics_note": metrics_note(meta),
         "promotion": meta.get("promotion"),
         "created_at": meta.get("created_at"),

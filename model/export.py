@@ -31,7 +31,6 @@ from model.export_questions import (
     QuestionsClassifier,
     as_outputs,
     questions_info,
-    several_questions,
 )
 from model.head import Ensemble, Head, build_head, predict_proba
 from model.versions import ModelVersion
@@ -74,7 +73,7 @@ TOLERANCE = 1e-4  # largest difference allowed between an export's and the backe
 def model_info(backbone: Backbone, version: ModelVersion) -> dict:
     """What an export is: classes in output order (or per output, its question), where it
     comes from, its preprocessing."""
-    labels = ({"questions": questions_info(version)} if several_questions(version)
+    labels = ({"questions": questions_info(version)} if version.several_questions
               else {"classes": version.classes})
     return {
         **labels,
@@ -90,7 +89,7 @@ def model_info(backbone: Backbone, version: ModelVersion) -> dict:
 def _classifier(backbone: Backbone, version: ModelVersion) -> Classifier | QuestionsClassifier:
     """Copies on the CPU, in eval mode: no dropout, an ensemble gives its members' mean."""
     net = copy.deepcopy(backbone.net).cpu()
-    if several_questions(version):
+    if version.several_questions:
         heads = [copy.deepcopy(h).cpu() for h in version.heads]
         qs = version.questions
         return QuestionsClassifier(net, heads, [q.multiple for q in qs],
@@ -205,7 +204,7 @@ def check_export(folder: Path, backbone: Backbone, version: ModelVersion,
     # differ by more than TOLERANCE.
     with torch.inference_mode():
         embeddings = _classifier(backbone, version).backbone(x).numpy()
-    several = several_questions(version)
+    several = version.several_questions
     if several:  # per question, the probabilities serving computes (sigmoids: multiple-choice)
         qs = questions_info(version)
         want = {q["name"]: predict_proba(h, embeddings) for q, h in zip(qs, version.heads)}

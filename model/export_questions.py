@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from model.head import QuestionHeads
 from model.questions import DEFAULT_THRESHOLD
 from model.versions import ModelVersion
 
@@ -61,12 +60,6 @@ class _Outputs(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         z = self.model.backbone(x)
         return tuple(head(z) for head in self.model.heads)
-
-
-def several_questions(version: ModelVersion) -> bool:
-    """Whether `version` answers several questions or a multiple-choice one: one output per
-    question's head, where a version of one single-choice question has one `probabilities`."""
-    return isinstance(version.head, QuestionHeads)
 
 
 def output_names(names: Sequence[str]) -> list[str]:

@@ -39,6 +39,13 @@ UNTRAINED = "untrained"
 _NAME = re.compile(r"^v(\d+)$")
 
 
+def per_question(meta: dict) -> bool:
+    """Whether a version's `meta` describes one head per question (several questions, or a
+    multiple-choice one): it then has no `classes`, and its metrics and label counts are per
+    question (`model.evaluation.combine`)."""
+    return "classes" not in meta and bool(meta.get("questions"))
+
+
 class UnknownVersion(KeyError):
     """The project has no version of that name."""
 
@@ -57,9 +64,14 @@ class ModelVersion:
     def classes(self) -> list[str]:
         """The classes of a version with one single-choice question (every version before
         label configs could ask several)."""
-        if "classes" not in self.meta:
+        if self.several_questions:
             raise ValueError(f"{self.name} answers several questions: use its `questions`")
         return list(self.meta["classes"])
+
+    @property
+    def several_questions(self) -> bool:
+        """One head per question (`per_question`), exported and predicted per question."""
+        return per_question(self.meta)
 
     @property
     def questions(self) -> list[Question]:
