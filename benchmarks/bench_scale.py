@@ -328,7 +328,7 @@ def profile(bench: Bench, env: dict[str, str], redis_url: str) -> None:
     t0 = time.perf_counter()
     prof.runcall(retrain, rt, bench.pid, ctx)
     print(f"\na retrain in-process: {time.perf_counter() - t0:.2f} s; {load()}")
-    pstats.Stats(prof).sort_stats("cumulative").print_stats(35)
+    pstats.Stats(prof).sort_stats("cumulative").print_stats(60)
 
 
 def continuous(args, bench: Bench, model_dir: Path) -> None:

@@ -163,8 +163,8 @@ class LabelStudioClient:
 
     def labelling_tasks(self, project: int, *, token: Hashable | None = None,
                         counts: Counts | None = None) -> list[dict]:
-        """Every task's id and data, with its annotations (empty when it has none); no
-        predictions. What a retrain and seeding read.
+        """Every task's id and data, with its annotations (none: the kept listing's own dict,
+        not a copy); no predictions. What a retrain and seeding read.
 
         Annotated tasks: with a `token`, this worker's copy brought up to date with what changed
         and checked against Label Studio's `counts` (`annotation_cache`), else all afresh. Every
@@ -178,8 +178,8 @@ class LabelStudioClient:
         if token is not None and not annotated.keys() <= {int(t["id"]) for t in every}:
             self._listings.pop(project, None)  # a task the kept listing lacks: list them again
             every = self._every_task(project, token)
-        tasks = [t | {"annotations": annotated.pop(int(t["id"]), {}).get("annotations") or []}
-                 for t in every]
+        tasks = [t if (a := annotated.pop(int(t["id"]), None)) is None
+                 else t | {"annotations": a.get("annotations") or []} for t in every]
         return tasks + list(annotated.values())  # created between the two listings
 
     def _kept_annotations(self, project: int, counts: Counts | None) -> AnnotatedTasks:
@@ -195,7 +195,8 @@ class LabelStudioClient:
                 and time.monotonic() - kept[1] < self.settings.task_list_max_age):
             return kept[2]
         started = time.monotonic()
-        every = [{"id": t["id"], "data": t.get("data") or {}} for t in self.list_tasks(project)]
+        every = [{"id": t["id"], "data": t.get("data") or {}, "annotations": ()}
+                 for t in self.list_tasks(project)]
         if token is not None:
             self._listings[project] = (token, started, every)
         return every

@@ -71,8 +71,12 @@ def save(settings: Settings, project: int, version: str, predictions: list[dict]
     `version`, replacing any; written to a temporary file and renamed."""
     path = _path(settings, project, version)
     path.parent.mkdir(parents=True, exist_ok=True)
-    labels = [json.dumps({r["from_name"]: r["value"]["choices"] for r in p["result"]},
-                         separators=(",", ":")) for p in predictions]
+    said: dict[int, str] = {}  # plans share one result per distinct answer: encode it once
+    for p in predictions:
+        if id(p["result"]) not in said:
+            said[id(p["result"])] = json.dumps(
+                {r["from_name"]: r["value"]["choices"] for r in p["result"]}, separators=(",", ":"))
+    labels = [said[id(p["result"])] for p in predictions]
     tmp = path.with_name(f".{path.stem}.{writer_id()}.npz")  # MODEL_DIR may be shared
     np.savez(tmp, tasks=np.array([p["task"] for p in predictions], dtype=np.int64),
              scores=np.array([p["score"] for p in predictions], dtype=np.float64),

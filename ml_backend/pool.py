@@ -125,6 +125,8 @@ def build_pool(
             continue
         pool.urls[tid] = url
         pool.data[tid] = task.get("data") or {}
+        if not task.get("annotations"):
+            continue  # unlabelled: most of a large project
         label, reason = task_label(task, config, annotators=annotators,
                                    ground_truth_only=ground_truth_only)
         if label is not None:

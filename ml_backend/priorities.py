@@ -53,13 +53,11 @@ def plan_order(
     progress: bool = False,
 ) -> Plan:
     """Embed the pool, score it with `model` (None before any model) and order the unlabelled."""
-    vectors, errors = rt.embed(project, pool.urls, progress=progress)
-    ids = [t for t in pool.urls if t in vectors]
+    ids, emb, errors = rt.embedding_matrix(project, pool.urls, progress=progress)
     version = model_name(rt.settings, model)
     predictions: list[dict] = []
     resolved = strategy
     if ids:
-        emb = np.stack([vectors[t] for t in ids])
         # Annotated tasks the annotation filters leave out are not offered either.
         labeled = np.array([t in pool.labels or t in pool.filtered for t in ids])
         by_question: dict[str, np.ndarray] = {}
@@ -91,7 +89,7 @@ def plan_order(
                 predictions.append({"task": ids[idx], "result": result,
                                     "score": float(score), "model_version": version})
     for task in pool.unlabeled:
-        if task not in vectors:
+        if task in errors:
             predictions.append({"task": task, "result": [], "score": UNLOADABLE_SCORE,
                                 "model_version": version})
     return Plan(version, resolved, predictions, errors)

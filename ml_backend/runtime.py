@@ -17,7 +17,7 @@ from ml_backend.labelstudio import LabelStudioAPI, LabelStudioClient
 from ml_backend.ownership import model_name, serving_name
 from ml_backend.settings import Settings
 from model.backbone import Backbone, load_backbone
-from model.embeddings import EmbeddingStore, embed_tasks
+from model.embeddings import EmbeddingStore, TaskMatrix, embed_tasks
 from model.store import check_cache_location
 from model.versions import ModelVersion, VersionStore
 
@@ -39,6 +39,7 @@ class Runtime:
         self._orders: dict[int, tuple[tuple, orders.StoredOrder | None]] = {}
         self._backbones: dict[tuple[str, str], Backbone] = {}
         self._candidates: dict[int, Backbone] = {}
+        self._matrices: dict[int, tuple[str, TaskMatrix]] = {}  # project -> (fingerprint, ...)
         self._backbone_lock = threading.Lock()  # loading one takes seconds: not under _lock
 
     @cached_property
@@ -162,6 +163,20 @@ class Runtime:
             batch_size=self.settings.batch_size,
             progress=progress,
         )
+
+    def embedding_matrix(
+        self, project: int, urls: dict[int, str], progress: bool | None = None,
+        backbone: Backbone | None = None,
+    ) -> tuple[list[int], np.ndarray, dict[int, str]]:
+        """`(ids, embeddings, errors)` of `{task: url}` as `TaskMatrix.take` gives them, from a
+        matrix kept per project between jobs (one backbone's at a time): what a retrain ranks
+        and trains on. The server, which embeds a few tasks per request, uses `embed`."""
+        bb = backbone or self.backbone_for(project)
+        with self._lock:
+            kept = self._matrices.get(project)
+            if kept is None or kept[0] != bb.fingerprint:
+                kept = self._matrices[project] = (bb.fingerprint, TaskMatrix(bb.dim))
+        return kept[1].take(urls, lambda missing: self.embed(project, missing, progress, bb))
 
     def predict(self, project: int, config: LabelConfig, tasks: list[dict]) -> list[dict]:
         """One Label Studio prediction per task, in order; empty results where none is possible.

@@ -149,16 +149,16 @@ def train_version(rt: Runtime, project: int, config: LabelConfig, pool: Pool,
     store it (not yet serving); its name, meta and number of labels."""
     with timed(project, "train candidate") as noted:
         bb, serving = rt.backbone_for(project), rt.serving_model(project)
-        vectors, errors = rt.embed(project, {t: pool.urls[t] for t in pool.labels}, backbone=bb)
+        tasks, x, errors = rt.embedding_matrix(project, {t: pool.urls[t] for t in pool.labels},
+                                               backbone=bb)
         for task, err in errors.items():
             log.warning("project %s task %s left out of training: %s", project, task, err)
-        tasks = [t for t in pool.labels if t in vectors]
         if not tasks:
             raise RuntimeError(
                 f"project {project}: no labelled image could be loaded (see the warnings above; "
                 "IMAGE_HOSTS allows other hosts, LABEL_STUDIO_API_KEY reaches Label Studio's)")
         candidate = train_questions(
-            np.stack([vectors[t] for t in tasks]), [pool.labels[t] for t in tasks], tasks,
+            x, [pool.labels[t] for t in tasks], tasks,
             list(config.questions),
             marks=[pool.data[t].get(rt.settings.split_field) for t in tasks],
             fingerprint=bb.fingerprint, serving=serving, config=rt.settings.train_config(),

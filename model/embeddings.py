@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from model.store import EmbeddingStore, content_hash
 
-__all__ = ["EmbeddingStore", "content_hash", "embed_files", "embed_tasks", "prefetch_map"]
+__all__ = ["EmbeddingStore", "TaskMatrix", "content_hash", "embed_files", "embed_tasks",
+           "prefetch_map"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -165,3 +166,72 @@ def embed_files(
             yield from flush()
     if batch:
         yield from flush()
+
+
+class TaskMatrix:
+    """A project's task embeddings kept in one array between retrains, so that ranking 10^5
+    tasks does not read and stack 10^5 vectors from the store every time: only tasks it does not
+    hold yet, or whose image URL changed, are asked for. Memory: tasks x dim float32 (100,000 x
+    512: 0.2 GB), what one ranking needed anyway. Not thread-safe: a worker runs one job at a time.
+    """
+
+    def __init__(self, dim: int):
+        self.urls: dict[int, str] = {}
+        self.rows: dict[int, int] = {}
+        self._matrix = np.empty((0, dim), dtype=np.float32)
+        self._used = 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def take(
+        self,
+        urls: dict[int, str],
+        vectors_of: Callable[[dict[int, str]], tuple[dict[int, np.ndarray], dict[int, str]]],
+    ) -> tuple[list[int], np.ndarray, dict[int, str]]:
+        """`(ids, embeddings [len(ids), dim], {task: error})` for `{task: url}`: `ids` are the
+        tasks with a vector, in `urls`' order. `vectors_of` (the store, embedding what it
+        lacks) is asked only for the tasks this matrix does not hold under the same URL. The
+        embeddings are a view of the kept array when the tasks are all of it in order (a
+        retrain's usual case), else a copy; never write to them."""
+        missing = {t: u for t, u in urls.items() if self.urls.get(t) != u}
+        errors: dict[int, str] = {}
+        if missing:
+            vectors, errors = vectors_of(missing)
+            for task in missing.keys() - vectors.keys():  # its URL changed and it failed now
+                self.urls.pop(task, None)
+                self.rows.pop(task, None)
+            self._add({t: missing[t] for t in vectors}, vectors)
+        ids = [t for t in urls if t in self.rows]
+        rows = np.fromiter((self.rows[t] for t in ids), dtype=np.int64, count=len(ids))
+        if not (len(rows) and rows[0] == 0 and rows[-1] == len(rows) - 1 and (
+                len(rows) == 1 or bool((np.diff(rows) == 1).all()))):
+            if 2 * len(ids) < len(self.rows):
+                return ids, self._matrix[rows], errors
+            self._relayout(ids)  # most of it, in another order: the next time it is a view
+        return ids, self._matrix[: len(ids)], errors
+
+    def _relayout(self, first: list[int]) -> None:
+        """Put the rows of `first` first, in that order, then the others."""
+        wanted = set(first)
+        order = first + [t for t in self.rows if t not in wanted]
+        rows = np.fromiter((self.rows[t] for t in order), dtype=np.int64, count=len(order))
+        self._matrix = self._matrix[rows]
+        self._used = len(order)
+        self.rows = {t: i for i, t in enumerate(order)}
+
+    def _add(self, urls: dict[int, str], vectors: dict[int, np.ndarray]) -> None:
+        new = [t for t in urls if t not in self.rows]
+        need = self._used + len(new)
+        if need > len(self._matrix):  # grow by doubling: tasks arrive a few at a time too
+            grown = np.empty((max(need, 2 * len(self._matrix)), self._matrix.shape[1]),
+                             dtype=np.float32)
+            grown[: self._used] = self._matrix[: self._used]
+            self._matrix = grown
+        for task in new:
+            self.rows[task] = self._used
+            self._used += 1
+        if urls:
+            rows = np.fromiter((self.rows[t] for t in urls), dtype=np.int64, count=len(urls))
+            self._matrix[rows] = np.stack([vectors[t] for t in urls])
+            self.urls.update(urls)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from model.backbone import load_backbone
-from model.embeddings import EmbeddingStore, embed_files, embed_tasks, prefetch_map
+from model.embeddings import (EmbeddingStore, TaskMatrix, embed_files, embed_tasks,
+                              prefetch_map)
 from tests.images import png_bytes
 
 WRITER = textwrap.dedent("""
@@ -143,3 +144,43 @@ def test_split_preprocessing_equals_the_weights_transforms(tiny_backbone):
     assert crop.dtype == torch.uint8 and crop.shape == (3, 224, 224)
     torch.testing.assert_close(tiny_backbone.inputs(crop[None])[0],
                                tiny_backbone.transform(img.convert("RGB")), rtol=0, atol=1e-6)
+
+
+def test_task_matrix_asks_only_for_tasks_it_lacks_or_whose_image_changed():
+    asked: list[dict] = []
+
+    def vectors_of(urls):  # the store's stand-in: a vector from the URL, /bad fails
+        asked.append(dict(urls))
+        good = {t: np.full(4, float(u[1:]), np.float32) for t, u in urls.items() if u != "/bad"}
+        return good, {t: "cannot decode" for t, u in urls.items() if u == "/bad"}
+
+    kept = TaskMatrix(4)
+    ids, x, errors = kept.take({1: "/1", 2: "/2", 3: "/bad"}, vectors_of)
+    assert ids == [1, 2] and errors == {3: "cannot decode"}
+    assert x[:, 0].tolist() == [1.0, 2.0]
+    # The next retrain: new tasks, one image replaced; the rest comes from memory.
+    ids, x, errors = kept.take({1: "/1", 2: "/20", 4: "/4", 3: "/bad"}, vectors_of)
+    assert asked[1] == {2: "/20", 4: "/4", 3: "/bad"}
+    assert ids == [1, 2, 4] and x[:, 0].tolist() == [1.0, 20.0, 4.0]
+    # Another order or a subset of the tasks: the same rows.
+    ids, x, _ = kept.take({4: "/4", 1: "/1"}, vectors_of)
+    assert ids == [4, 1] and x[:, 0].tolist() == [4.0, 1.0] and len(asked) == 2
+    # A task whose new image fails is not served its old vector.
+    ids, _, errors = kept.take({2: "/bad"}, vectors_of)
+    assert ids == [] and errors == {2: "cannot decode"}
+
+
+def test_task_matrix_grows_without_losing_rows():
+    kept = TaskMatrix(3)
+    for start in range(0, 1000, 7):  # tasks arriving a few at a time
+        urls = {t: f"/{t}" for t in range(start, min(start + 7, 1000))}
+        kept.take(urls, lambda u: ({t: np.full(3, t, np.float32) for t in u}, {}))
+    ids, x, _ = kept.take({t: f"/{t}" for t in range(1000)}, lambda u: pytest.fail(str(u)))
+    assert ids == list(range(1000)) and x[:, 2].tolist() == list(map(float, range(1000)))
+    # Most of them in another order (labelled tasks were read first, say): the same rows.
+    backwards = {t: f"/{t}" for t in reversed(range(100, 1000))}
+    for _ in range(2):
+        ids, x, _ = kept.take(backwards, lambda u: pytest.fail(str(u)))
+        assert ids == list(backwards) and x[:, 0].tolist() == list(map(float, backwards))
+    ids, x, _ = kept.take({5: "/5", 999: "/999"}, lambda u: pytest.fail(str(u)))
+    assert x[:, 1].tolist() == [5.0, 999.0]
