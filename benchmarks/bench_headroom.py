@@ -31,23 +31,28 @@ from sim_features import features  # noqa: E402
 SIZES = {"balanced": (100, 200, 300, 400, 500, 700), "long-tail": (60, 100, 150, 200, 300)}
 
 
+def probe(x: np.ndarray, y: np.ndarray, test: np.ndarray, rows: np.ndarray,
+          labels: np.ndarray) -> float:
+    """Test accuracy of a logistic regression fit on `labels` of `rows`."""
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(max_iter=2000, C=10).fit(x[rows], labels)
+    return float(model.score(x[test], y[test]))
+
+
 def scores(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray,
            pick: np.ndarray) -> tuple[float, float, float]:
     """Test accuracy of the probe, label spreading and self-training from labels `pick`."""
-    from sklearn.linear_model import LogisticRegression
     from sklearn.semi_supervised import LabelSpreading
-
-    def probe(rows, labels):
-        model = LogisticRegression(max_iter=2000, C=10).fit(x[rows], labels)
-        return float(model.score(x[test], y[test]))
 
     given = np.full(len(y), -1)
     given[pick] = y[pick]
     spread = LabelSpreading(kernel="knn", n_neighbors=15, alpha=0.2, max_iter=100).fit(x, given)
     rest = np.setdiff1d(train, pick)
     guessed = spread.transduction_
-    self_trained = probe(np.r_[pick, rest], np.r_[y[pick], guessed[rest]])
-    return probe(pick, y[pick]), float((guessed[test] == y[test]).mean()), self_trained
+    self_trained = probe(x, y, test, np.r_[pick, rest], np.r_[y[pick], guessed[rest]])
+    return (probe(x, y, test, pick, y[pick]), float((guessed[test] == y[test]).mean()),
+            self_trained)
 
 
 def main() -> None:
@@ -69,7 +74,7 @@ def main() -> None:
               f"{args.repeats} repeats (probe / label spreading / self-training)")
         splits = [train_test_split(np.arange(len(y)), test_size=0.2, stratify=y,
                                    random_state=rep) for rep in range(args.repeats)]
-        full = np.mean([scores(xv, y, train, test, train)[0] for train, test in splits])
+        full = np.mean([probe(xv, y, test, train, y[train]) for train, test in splits])
         print(f"  all {len(splits[0][0])} training labels (probe): {full:.3f}; 99% of it: "
               f"{0.99 * full:.3f}")
         for n in SIZES[variant]:
@@ -79,6 +84,7 @@ def main() -> None:
             mean = np.mean(got, axis=0)
             print(f"  {n:4d} random labels: {mean[0]:.3f} / {mean[1]:.3f} / {mean[2]:.3f}",
                   flush=True)
+
 
 if __name__ == "__main__":
     main()

@@ -181,9 +181,6 @@ class TaskMatrix:
         self._matrix = np.empty((0, dim), dtype=np.float32)
         self._used = 0
 
-    def __len__(self) -> int:
-        return len(self.rows)
-
     def take(
         self,
         urls: dict[int, str],
@@ -204,8 +201,7 @@ class TaskMatrix:
             self._add({t: missing[t] for t in vectors}, vectors)
         ids = [t for t in urls if t in self.rows]
         rows = np.fromiter((self.rows[t] for t in ids), dtype=np.int64, count=len(ids))
-        if not (len(rows) and rows[0] == 0 and rows[-1] == len(rows) - 1 and (
-                len(rows) == 1 or bool((np.diff(rows) == 1).all()))):
+        if not np.array_equal(rows, np.arange(len(rows))):
             if 2 * len(ids) < len(self.rows):
                 return ids, self._matrix[rows], errors
             self._relayout(ids)  # most of it, in another order: the next time it is a view
